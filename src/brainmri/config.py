@@ -1,0 +1,236 @@
+"""Typed, validated configuration read once from ``params.yaml``.
+
+Every stage receives these objects; no other module opens ``params.yaml``.
+Validation happens here, at the edge, so that a typo in params fails in one
+clear line (``ConfigError``) before any long work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
+"""The four diagnostic classes, in the order the model's outputs use."""
+
+EXTRA_LABELS: tuple[str, ...] = ("tumor_unknown",)
+"""Labels a source may carry that are not one of the four classes (Br35H ``yes``)."""
+
+SOURCE_FORMATS = ("figshare_mat", "image_folder")
+SYNTHETIC_KINDS = ("figshare", "kaggle", "sartaj", "br35h")
+MODEL_NAMES = ("small_cnn", "efficientnet_lite0")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message is one line meant for a person."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceFile(_Strict):
+    """One file of a source: where it may come from and how to check it."""
+
+    name: str
+    url: str | None = None
+    md5: str | None = None
+    sha256: str | None = None
+    kaggle: str | None = Field(None, description="Kaggle dataset slug, e.g. owner/name")
+
+
+class SourceConfig(_Strict):
+    """A public (or synthetic) source of labelled images.
+
+    ``labels`` maps what the archive says (a folder name, a ``.mat`` label
+    number as a string) to one of ``CLASSES`` or ``EXTRA_LABELS``.
+    ``synthetic`` names the demo generator archive that stands in for it.
+    """
+
+    format: str
+    files: list[SourceFile]
+    labels: dict[str, str]
+    synthetic: str | None = None
+    licence: str = "unknown"
+    description: str = ""
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in SOURCE_FORMATS:
+            raise ValueError(f"unknown source kind {value!r} (known: {', '.join(SOURCE_FORMATS)})")
+        return value
+
+    @field_validator("synthetic")
+    @classmethod
+    def _known_synthetic(cls, value: str | None) -> str | None:
+        if value is not None and value not in SYNTHETIC_KINDS:
+            raise ValueError(f"unknown synthetic generator {value!r} (known: {', '.join(SYNTHETIC_KINDS)})")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _known_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = set(CLASSES) | set(EXTRA_LABELS)
+        bad = sorted(set(value.values()) - allowed)
+        if bad:
+            raise ValueError(f"unknown label(s) {bad} (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _some_files(cls, value: list[SourceFile]) -> list[SourceFile]:
+        if not value:
+            raise ValueError("a source needs at least one file")
+        return value
+
+
+class FetchConfig(_Strict):
+    source_set: str = "demo"
+    data_dir: Path = Path("data")
+    mirrors: list[Path] = []
+    out_dir: Path = Path("build/raw")
+
+
+class SyntheticConfig(_Strict):
+    """The embedded demo data: brain-slice phantoms written in the real sources' formats."""
+
+    seed: int = 7
+    images_per_class: int = Field(60, ge=4)
+    image_size: int = Field(256, ge=64)
+
+
+class MergeConfig(_Strict):
+    out_dir: Path = Path("build/merged")
+    min_side: int = Field(32, ge=1, description="smaller images are rejected as unusable")
+    max_pixels: int = Field(50_000_000, ge=1, description="larger images are rejected as decompression bombs")
+    max_member_bytes: int = Field(200_000_000, ge=1, description="archive members larger than this are rejected")
+
+
+class DedupConfig(_Strict):
+    out_dir: Path = Path("build/dedup")
+    hash_size: int = Field(16, ge=4, description="pHash side; the hash has hash_size**2 bits")
+    max_hamming: int = Field(40, ge=0, description="candidate pairs: pHash Hamming distance at most this")
+    thumb_size: int = Field(32, ge=8, description="side of the grey thumbnails compared at pixel level")
+    min_correlation: float = Field(0.97, ge=-1, le=1, description="candidates are duplicates at or above this")
+    conflicts: Literal["drop", "keep_majority"] = "drop"
+
+
+class SplitConfig(_Strict):
+    out_dir: Path = Path("build/split")
+    dataset_dir: Path = Path("build/dataset")
+    train: float = Field(0.70, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+    group_by_patient: bool = True
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios train+val+test must sum to 1, got {total:g}")
+        return self
+
+
+class AugmentConfig(_Strict):
+    """Augmentations applied to training batches only (see ``brainmri.data``)."""
+
+    hflip: bool = True
+    rotation_degrees: float = Field(10.0, ge=0, le=180)
+    scale_min: float = Field(0.85, gt=0, le=1)
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+
+
+class TrainConfig(_Strict):
+    out_dir: Path = Path("build/model")
+    model: str = "small_cnn"
+    pretrained: bool = True
+    image_size: int = Field(96, ge=16)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw", "adamax", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if not value:
+            raise ValueError("train.model is missing (known: " + ", ".join(MODEL_NAMES) + ")")
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r} (known: {', '.join(MODEL_NAMES)})")
+        return value
+
+
+class EvaluateConfig(_Strict):
+    out_dir: Path = Path("build/evaluate")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
+    gradcam_per_class: int = Field(2, ge=0)
+
+
+class Config(_Strict):
+    seed: int = 42
+    fetch: FetchConfig = FetchConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    source_sets: dict[str, list[str]]
+    sources: dict[str, SourceConfig]
+    merge: MergeConfig = MergeConfig()
+    dedup: DedupConfig = DedupConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _sets_name_sources(self) -> "Config":
+        if self.fetch.source_set not in self.source_sets:
+            raise ValueError(
+                f"fetch.source_set {self.fetch.source_set!r} is not one of source_sets "
+                f"({', '.join(self.source_sets)})"
+            )
+        for set_name, names in self.source_sets.items():
+            missing = [n for n in names if n not in self.sources]
+            if missing:
+                raise ValueError(f"source_sets.{set_name} names undeclared source(s) {missing}")
+        return self
+
+    def active_sources(self) -> dict[str, SourceConfig]:
+        """The sources selected by ``fetch.source_set``, in declaration order of the set."""
+        return {name: self.sources[name] for name in self.source_sets[self.fetch.source_set]}
+
+
+def _one_line(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
+    return f"{origin}: {where}: {message}{more}"
+
+
+def parse_config(raw: dict, origin: str = "params") -> Config:
+    """Validate a params mapping; raise ``ConfigError`` with one readable line."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, origin)) from None
+
+
+def load_config(path: Path | str = "params.yaml") -> Config:
+    """Read and validate ``params.yaml``; relative paths in it stay relative to the working directory."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_config(raw, origin=str(path))
