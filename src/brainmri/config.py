@@ -126,6 +126,9 @@ class SplitConfig(_Strict):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     group_by_patient: bool = True
+    group_correlation: float | None = Field(
+        0.95, ge=-1, le=1, description="also keep kept images this similar (thumbnail correlation) in one split; null: off"
+    )
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> "SplitConfig":
