@@ -1,0 +1,165 @@
+"""Command line: one sub-command per DVC stage, plus ``predict`` and ``demo``.
+
+Every stage command reads ``params.yaml`` (``--params``), validates it, and
+writes exactly the outputs ``dvc.yaml`` declares for that stage. Errors a user
+can fix (bad params, a missing archive, a leaking split) print one line and
+exit with status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .config import ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated params file.")]
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .download import DownloadError
+    from .fetch import FetchError
+    from .split import LeakageError
+
+    return (ConfigError, FetchError, DownloadError, LeakageError, FileNotFoundError)
+
+
+def _reports_errors(command):
+    """Turn the errors a user can act on into one line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _summary(name: str, payload: dict) -> None:
+    typer.echo(f"{name}: " + json.dumps(payload, default=str)[:400])
+
+
+@app.command()
+@_reports_errors
+def fetch(params: ParamsOption = Path("params.yaml")) -> None:
+    """Fetch the active source set's archives into fetch.out_dir (build/raw).
+
+    Reads data/ first, then the mirror folders, then generates the synthetic demo archives or downloads.
+    Writes build/raw/<source>/<file> and build/raw/fetch.json.
+    """
+    from .pipeline import run_fetch
+
+    _summary("fetch", run_fetch(load_config(params)))
+
+
+@app.command()
+@_reports_errors
+def merge(params: ParamsOption = Path("params.yaml")) -> None:
+    """Merge the fetched archives into one labelled manifest of normalised 8-bit grey PNGs.
+
+    Reads build/raw. Writes build/merged/{images,masks,manifest.csv,rejects.csv} and metrics/merge.json.
+    """
+    from .pipeline import run_merge
+
+    _summary("merge", run_merge(load_config(params)))
+
+
+@app.command()
+@_reports_errors
+def dedup(params: ParamsOption = Path("params.yaml")) -> None:
+    """Cluster exact and near-duplicate images and keep one per cluster.
+
+    Reads build/merged/manifest.csv and its images. Writes build/dedup/{manifest.csv,pairs.csv,
+    fingerprints.npz,report.md,report.json,largest_clusters.png} and metrics/dedup.json.
+    """
+    from .pipeline import run_dedup
+
+    report = run_dedup(load_config(params))
+    _summary("dedup", {k: report[k] for k in ("images_in", "images_kept", "duplicate_clusters")})
+
+
+@app.command()
+@_reports_errors
+def split(params: ParamsOption = Path("params.yaml")) -> None:
+    """Split kept images into train/val/test by group and audit it for leakage (fails unless 0).
+
+    Reads build/dedup. Writes build/split/{split.csv,report.json}, the curated dataset build/dataset/
+    (<split>/<class>/<image_id>.png, manifest.csv, DATASHEET.md) and metrics/split.json.
+    """
+    from .pipeline import run_split
+
+    report = run_split(load_config(params))
+    _summary("split", {"sizes": report["sizes"], "leakage": report["leakage"]["cross_split_duplicate_pairs"]})
+
+
+@app.command()
+@_reports_errors
+def train(params: ParamsOption = Path("params.yaml")) -> None:
+    """Train the classifier on the train split, selecting the best epoch on val.
+
+    Reads build/split/split.csv and the images. Writes build/model/{model.pt,last.pt} and
+    dvclive logs in metrics/train/ (metrics.json, plots/metrics/*.tsv).
+    """
+    from .pipeline import run_train
+
+    _summary("train", run_train(load_config(params)))
+
+
+@app.command()
+@_reports_errors
+def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
+    """Evaluate the best checkpoint on val and test.
+
+    Reads build/model/model.pt and build/split/split.csv. Writes metrics/metrics.json, plot data under
+    metrics/evaluate/ and PNG figures in build/evaluate/.
+    """
+    from .pipeline import run_evaluate
+
+    _summary("evaluate", run_evaluate(load_config(params)))
+
+
+@app.command()
+@_reports_errors
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders or zip archives.")],
+    model: Annotated[Path, typer.Option(help="Checkpoint written by the train stage.")] = Path("build/model/model.pt"),
+    out: Annotated[Path, typer.Option(help="Output table (.csv or .json).")] = Path("predictions.csv"),
+) -> None:
+    """Predict tumour class probabilities for new images with a trained checkpoint.
+
+    Reads the images and the checkpoint (which carries its own preprocessing). Writes one row per image
+    to --out; unreadable files are listed with a reason and skipped.
+    """
+    from .predict import predict_paths
+
+    result = predict_paths(inputs, model, out)
+    _summary("predict", result)
+
+
+@app.command()
+@_reports_errors
+def demo(params: ParamsOption = Path("params.yaml")) -> None:
+    """Run the whole pipeline with `dvc repro` (on the synthetic demo sources by default) and show the metrics.
+
+    Creates data/ if missing (the folder of hand-supplied archives that data.dvc tracks). Writes everything
+    the stages write; ends with `dvc metrics show`.
+    """
+    load_config(params)  # fail on bad params before any work
+    Path("data").mkdir(exist_ok=True)
+    for command in (["dvc", "repro"], ["dvc", "metrics", "show"]):
+        typer.echo("$ " + " ".join(command))
+        if subprocess.run(command, check=False).returncode != 0:
+            typer.echo(f"error: {' '.join(command)} failed", err=True)
+            raise typer.Exit(1)
+    typer.echo("Plots: run `dvc plots show` and open dvc_plots/index.html; figures are in build/evaluate/.")
+

@@ -1,0 +1,81 @@
+"""Matplotlib figures (PNG) of the evaluation, for the README, the model card and people without DVC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+from .metrics import reliability_table  # noqa: E402
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def confusion_figure(y: np.ndarray, predicted: np.ndarray, classes: list[str], path: Path) -> None:
+    """Counts and row-normalised confusion matrices side by side."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for axis, normalize, title in ((axes[0], None, "counts"), (axes[1], "true", "row-normalised (recall)")):
+        skm.ConfusionMatrixDisplay.from_predictions(
+            y, predicted, labels=list(range(len(classes))), display_labels=classes, normalize=normalize,
+            values_format=".2f" if normalize else "d", ax=axis, colorbar=False, xticks_rotation=30,
+        )
+        axis.set_title(f"Confusion matrix, {title}")
+    _save(figure, path)
+
+
+def roc_figure(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Path) -> None:
+    """One-vs-rest ROC curve per class."""
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for k, name in enumerate(classes):
+        positives = y == k
+        if positives.any() and not positives.all():
+            skm.RocCurveDisplay.from_predictions(positives, proba[:, k], name=name, ax=axis)
+    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    axis.set_title("ROC, one vs rest (test)")
+    _save(figure, path)
+
+
+def reliability_figure(y: np.ndarray, proba: np.ndarray, path: Path) -> None:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    table = pd.DataFrame(reliability_table(y, proba))
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    if len(table):
+        axis.plot(table["confidence"], table["accuracy"], "o-")
+    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability (test)")
+    _save(figure, path)
+
+
+def training_curves_figure(live_dir: Path, path: Path) -> bool:
+    """Loss and accuracy per epoch from the dvclive logs of the train stage; False if there are none."""
+    files = sorted((live_dir / "plots" / "metrics").rglob("*.tsv"))
+    if not files:
+        return False
+    panels = sorted({f.stem for f in files if f.stem != "lr"})
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        for file in (f for f in files if f.stem == panel):
+            data = pd.read_csv(file, sep="\t")
+            axis.plot(data["step"], data[data.columns[-1]], marker=".", label=file.parent.name)
+        axis.set(title=panel, xlabel="epoch")
+        axis.legend()
+    _save(figure, path)
+    return True
+
+
+def save_figures(y: np.ndarray, proba: np.ndarray, classes: list[str], live_dir: Path, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    confusion_figure(y, proba.argmax(axis=1), classes, out_dir / "confusion_matrix.png")
+    roc_figure(y, proba, classes, out_dir / "roc.png")
+    reliability_figure(y, proba, out_dir / "reliability.png")
+    training_curves_figure(live_dir, out_dir / "training_curves.png")

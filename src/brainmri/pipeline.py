@@ -1,0 +1,93 @@
+"""The DVC stages as functions: each reads its inputs, calls the library and writes its declared outputs.
+
+``dvc.yaml`` runs ``stages/<name>.py``, which runs the CLI command of the same
+name, which calls the function here. The paths written here are the ones
+``dvc.yaml`` declares; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .config import Config
+
+METRICS_DIR = Path("metrics")
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def run_fetch(cfg: Config) -> dict:
+    from .fetch import fetch_sources
+
+    fetched = fetch_sources(cfg.active_sources(), cfg.fetch, cfg.synthetic)
+    return {"files": len(fetched), "bytes": sum(f.bytes for f in fetched)}
+
+
+def run_merge(cfg: Config) -> dict:
+    from .fetch import fetched_archives
+    from .merge import merge_sources
+
+    report = merge_sources(fetched_archives(cfg.fetch.out_dir), cfg.active_sources(), cfg.merge)
+    payload = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    payload.pop("wall_seconds", None)  # timing is not a reproducible output
+    _write_json(METRICS_DIR / "merge.json", payload)
+    return payload
+
+
+def run_dedup(cfg: Config) -> dict:
+    from .dedup import deduplicate, write_outputs
+
+    manifest = pd.read_csv(cfg.merge.out_dir / "manifest.csv", dtype={"patient_id": str}, keep_default_na=False)
+    result, fingerprints = deduplicate(manifest, cfg.dedup, list(cfg.active_sources()))
+    write_outputs(result, fingerprints, cfg.dedup.out_dir, METRICS_DIR / "dedup.json")
+    return result.report
+
+
+def run_split(cfg: Config) -> dict:
+    from .datasheet import write_datasheet
+    from .features import Fingerprints
+    from .split import check_leakage, make_split, publish_dataset, write_outputs
+
+    manifest = pd.read_csv(cfg.dedup.out_dir / "manifest.csv", dtype={"patient_id": str}, keep_default_na=False)
+    fingerprints = Fingerprints.load(cfg.dedup.out_dir / "fingerprints.npz")
+    table, report = make_split(manifest, fingerprints, cfg.dedup, cfg.split, cfg.seed)
+    write_outputs(table, report, cfg.split.out_dir, METRICS_DIR / "split.json")
+    check_leakage(report)
+    publish_dataset(table, cfg.split.dataset_dir)
+    dedup_report = json.loads((cfg.dedup.out_dir / "report.json").read_text())
+    write_datasheet(cfg, manifest, dedup_report, table, report, cfg.split.dataset_dir / "DATASHEET.md")
+    return report
+
+
+def data_version(split_csv: Path) -> str:
+    """The data a model was trained on, named by the hash of the split file."""
+    return "sha256:" + hashlib.sha256(split_csv.read_bytes()).hexdigest()
+
+
+def run_train(cfg: Config) -> dict:
+    from .train import train_model
+
+    split_csv = cfg.split.out_dir / "split.csv"
+    table = pd.read_csv(split_csv, keep_default_na=False)
+    return train_model(
+        table,
+        cfg.train,
+        seed=cfg.seed,
+        out_dir=cfg.train.out_dir,
+        live_dir=METRICS_DIR / "train",
+        data_version=data_version(split_csv),
+    )
+
+
+def run_evaluate(cfg: Config) -> dict:
+    from .evaluate import evaluate_model
+
+    table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
+    return evaluate_model(table, cfg.train.out_dir / "model.pt", cfg.evaluate, seed=cfg.seed, metrics_dir=METRICS_DIR)
