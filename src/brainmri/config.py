@@ -159,8 +159,14 @@ class TrainConfig(_Strict):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    scheduler: Literal["onecycle", "cosine"] = Field("onecycle", description="per-step LR schedule; both warm up first")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine) or rise (one-cycle) length")
+    class_weights: bool = Field(False, description="weight the training loss by inverse class frequency")
+    patience: int = Field(0, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="threads decoding images into the tensor cache; 0: one per core")
+    cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
+    resume: bool = Field(False, description="continue from out_dir/last.pt when it exists")
     augment: AugmentConfig = AugmentConfig()
 
     @field_validator("model")

@@ -109,6 +109,10 @@ class SafeZip:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __len__(self) -> int:
+        """The number of members, counted from the central directory (what every report must account for)."""
+        return len(self._infos)
+
     def close(self) -> None:
         self._zip.close()
 

@@ -1,0 +1,303 @@
+"""The merge stage's library: all archives of all sources → one folder of normalised images and a manifest.
+
+Outputs under ``cfg.out_dir``:
+
+- ``images/<source>/<image_id>.png``: 8-bit grey PNG at the source's
+  resolution (the convention of ``brainmri.imaging``);
+- ``masks/<image_id>.png``: 8-bit PNG, 255 inside the tumour, 0 outside, the
+  same size as its image, where the source has a mask (figshare ``.mat``);
+- ``manifest.csv``: one row per image, columns ``MANIFEST_COLUMNS``, sorted by
+  ``(source, original_path)``;
+- ``rejects.csv``: one row per refused input, columns ``REJECT_COLUMNS``,
+  sorted the same way.
+
+Every member of every archive is accounted for exactly once: a manifest row, a
+reject, or a counted non-image member (directory, box file, README...); the
+report carries these counts and ``merge_sources`` checks that they add up.
+
+Work is split so it can use every core with flat memory: the archives are
+*planned* in this process from their central directories (no image data
+read), then the members are decoded, normalised and written by a pool of
+worker processes, each of which opens the archives itself and returns only a
+small manifest row. Results arrive in any order and are sorted before
+writing, so the outputs are byte-identical from run to run and for any number
+of workers (PNG encoding is deterministic and Pillow writes no timestamps).
+``image_id`` is derived from the source name and the original path only, so
+it is stable across runs and machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import MergeConfig, SourceConfig
+from .imaging import encode_png, pixel_sha256
+from .sources import BadArchive, MemberTask, Rejected, SafeZip, Skipped, SourceImage, load_member, plan_archive
+
+MANIFEST_COLUMNS = (
+    "image_id",
+    "path",
+    "label",
+    "source",
+    "original_path",
+    "patient_id",
+    "sha256",
+    "width",
+    "height",
+    "mask_path",
+    "box",
+)
+REJECT_COLUMNS = ("source", "original_path", "reason")
+
+
+def make_image_id(source: str, original_path: str) -> str:
+    """``<source>-<first 12 hex digits of sha1(original_path)>``: stable, file-name safe, unique in practice."""
+    return f"{source}-{hashlib.sha1(original_path.encode('utf-8')).hexdigest()[:12]}"
+
+
+def reject_category(reason: str) -> str:
+    """The fixed part of a ``"<category>: <detail>"`` reason, which reports count by."""
+    return reason.split(":", 1)[0]
+
+
+@dataclass
+class SourceCounts:
+    """What happened to one source's members: ``images + rejected + sum(non_image) == members + unreadable_archives``."""
+
+    archives: int = 0
+    unreadable_archives: int = 0
+    members: int = 0
+    images: int = 0
+    rejected: int = 0
+    non_image: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+
+    def accounted(self) -> bool:
+        return self.images + self.rejected + sum(self.non_image.values()) == self.members + self.unreadable_archives
+
+
+@dataclass
+class MergeReport:
+    """Counts per source and in total; everything but ``wall_seconds`` is reproducible."""
+
+    sources: dict[str, SourceCounts]
+    classes: dict[str, int]
+    reject_reasons: dict[str, int]
+    members: int
+    images: int
+    rejected: int
+    non_image: int
+    wall_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def merge_sources(
+    archives: dict[str, list[Path]],
+    sources: dict[str, SourceConfig],
+    cfg: MergeConfig,
+    workers: int | None = None,
+) -> MergeReport:
+    """Merge ``archives`` (source name → its archive files) into ``cfg.out_dir``; see the module docstring.
+
+    Previous ``images/`` and ``masks/`` under ``cfg.out_dir`` are removed first
+    so the folder holds exactly this run's outputs. ``workers`` defaults to
+    ``os.cpu_count()``; 1 runs everything in this process.
+    """
+    started = time.perf_counter()
+    _check_inputs(archives, sources)
+    out_dir = Path(cfg.out_dir)
+    for name in ("images", "masks"):
+        if (out_dir / name).exists():
+            shutil.rmtree(out_dir / name)
+    for source in archives:
+        (out_dir / "images" / source).mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+
+    counts = {source: SourceCounts() for source in sorted(archives)}
+    tasks: list[MemberTask] = []
+    rejects: list[Rejected] = []
+    for source in sorted(archives):
+        for path in sorted(archives[source], key=lambda p: Path(p).name):
+            _plan(Path(path), source, sources[source], cfg, counts[source], tasks, rejects)
+
+    rows: list[dict[str, str]] = []
+    workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
+    results = _process(tasks, {name: sources[name] for name in archives}, cfg, workers)
+    for result in tqdm(results, total=len(tasks), desc="merge", unit="img", mininterval=1.0):
+        (rejects if isinstance(result, Rejected) else rows).append(result)
+
+    rows.sort(key=lambda row: (row["source"], row["original_path"]))
+    rejects.sort(key=lambda r: (r.source, r.original_path, r.reason))
+    _write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
+    _write_csv(out_dir / "rejects.csv", REJECT_COLUMNS, [asdict(r) for r in rejects])
+    return _report(counts, rows, rejects, time.perf_counter() - started)
+
+
+def _check_inputs(archives: dict[str, list[Path]], sources: dict[str, SourceConfig]) -> None:
+    """Refuse inputs whose provenance would be ambiguous (same archive name twice in a source) or unconfigured."""
+    for source, paths in archives.items():
+        if source not in sources:
+            raise ValueError(f"archives given for source {source!r}, which has no configuration")
+        names = Counter(Path(p).name for p in paths)
+        twice = sorted(name for name, n in names.items() if n > 1)
+        if twice:
+            raise ValueError(f"source {source!r} has several archives named {twice}; original paths would collide")
+
+
+def _plan(
+    path: Path,
+    source_name: str,
+    source: SourceConfig,
+    cfg: MergeConfig,
+    counts: SourceCounts,
+    tasks: list[MemberTask],
+    rejects: list[Rejected],
+) -> None:
+    """Plan one archive into ``tasks``/``rejects`` and count its members and non-image members."""
+    counts.archives += 1
+    try:
+        archive = SafeZip(path, cfg.max_member_bytes)
+    except BadArchive as error:
+        counts.unreadable_archives += 1
+        rejects.append(Rejected(source_name, path.name, str(error)))
+        return
+    with archive:
+        counts.members += len(archive)
+        non_image = Counter(counts.non_image)
+        for item in plan_archive(archive, source_name, source):
+            if isinstance(item, MemberTask):
+                tasks.append(item)
+            elif isinstance(item, Skipped):
+                non_image[item.kind] += 1
+            else:
+                rejects.append(item)
+        counts.non_image = dict(sorted(non_image.items()))
+
+
+class _ImageWriter:
+    """Decodes one task and writes its PNGs; one per process, keeping that process's archives open."""
+
+    def __init__(self, sources: dict[str, SourceConfig], cfg: MergeConfig) -> None:
+        self.sources = sources
+        self.cfg = cfg
+        self.archives: dict[Path, SafeZip] = {}
+
+    def __call__(self, task: MemberTask) -> dict[str, str] | Rejected:
+        if task.archive not in self.archives:
+            self.archives[task.archive] = SafeZip(task.archive, self.cfg.max_member_bytes)
+        item = load_member(task, self.archives[task.archive], self.sources[task.source], self.cfg)
+        return item if isinstance(item, Rejected) else write_image(item, Path(self.cfg.out_dir))
+
+    def close(self) -> None:
+        for archive in self.archives.values():
+            archive.close()
+
+
+_worker: _ImageWriter | None = None
+
+
+def _start_worker(sources: dict[str, SourceConfig], cfg: MergeConfig) -> None:
+    global _worker
+    _worker = _ImageWriter(sources, cfg)
+
+
+def _work(task: MemberTask) -> dict[str, str] | Rejected:
+    return _worker(task)
+
+
+def _process(
+    tasks: list[MemberTask], sources: dict[str, SourceConfig], cfg: MergeConfig, workers: int
+) -> Iterator[dict[str, str] | Rejected]:
+    """Results of all tasks, in any order. Workers are spawned (not forked) so no parent thread or
+    open file is inherited; chunks keep the inter-process traffic to a few messages per worker."""
+    if workers <= 1:
+        writer = _ImageWriter(sources, cfg)
+        try:
+            yield from map(writer, tasks)
+        finally:
+            writer.close()
+        return
+    chunksize = max(1, min(64, len(tasks) // (workers * 8)))
+    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (sources, cfg)) as pool:
+        yield from pool.imap_unordered(_work, tasks, chunksize)
+
+
+def write_image(image: SourceImage, out_dir: Path) -> dict[str, str]:
+    """Write an image (and its mask) under ``out_dir`` and return its manifest row."""
+    image_id = make_image_id(image.source, image.original_path)
+    path = out_dir / "images" / image.source / f"{image_id}.png"
+    path.write_bytes(encode_png(image.pixels))
+    mask_path = ""
+    if image.mask is not None:
+        mask_file = out_dir / "masks" / f"{image_id}.png"
+        mask_file.write_bytes(encode_png(image.mask))
+        mask_path = mask_file.as_posix()
+    height, width = image.pixels.shape
+    return {
+        "image_id": image_id,
+        "path": path.as_posix(),
+        "label": image.label,
+        "source": image.source,
+        "original_path": image.original_path,
+        "patient_id": image.patient_id or "",
+        "sha256": pixel_sha256(image.pixels),
+        "width": str(width),
+        "height": str(height),
+        "mask_path": mask_path,
+        "box": " ".join(repr(v) for v in image.box) if image.box else "",
+    }
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: Iterable[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _report(counts: dict[str, SourceCounts], rows: list[dict], rejects: list[Rejected], wall: float) -> MergeReport:
+    classes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    per_source_classes = {source: Counter() for source in counts}
+    per_source_reasons = {source: Counter() for source in counts}
+    for row in rows:
+        per_source_classes[row["source"]][row["label"]] += 1
+    for reject in rejects:
+        per_source_reasons[reject.source][reject_category(reject.reason)] += 1
+    for source, c in counts.items():
+        c.images = sum(per_source_classes[source].values())
+        c.rejected = sum(per_source_reasons[source].values())
+        c.classes = dict(sorted(per_source_classes[source].items()))
+        c.reject_reasons = dict(sorted(per_source_reasons[source].items()))
+        classes.update(per_source_classes[source])
+        reasons.update(per_source_reasons[source])
+        if not c.accounted():
+            raise RuntimeError(f"merge lost track of members of source {source!r}: {c}")
+    return MergeReport(
+        sources=counts,
+        classes=dict(sorted(classes.items())),
+        reject_reasons=dict(sorted(reasons.items())),
+        members=sum(c.members for c in counts.values()),
+        images=len(rows),
+        rejected=len(rejects),
+        non_image=sum(sum(c.non_image.values()) for c in counts.values()),
+        wall_seconds=round(wall, 3),
+    )

@@ -1,0 +1,41 @@
+"""Shared fixtures: the project's params as a mapping, and small image helpers."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def project_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def params(project_params) -> dict:
+    """A private, editable copy of params.yaml."""
+    return copy.deepcopy(project_params)
+
+
+def write_grey_png(path: Path, pixels: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8), mode="L").save(path)
+    return path
+
+
+def blob_image(rng: np.random.Generator, size: int = 64, centre=None, radius: float = 10, noise: float = 8) -> np.ndarray:
+    """A textured grey image with a bright disc: distinct per seed, similar under small perturbations."""
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = centre if centre is not None else rng.uniform(size * 0.25, size * 0.75, 2)
+    base = rng.normal(100, 30, (size // 8, size // 8))
+    base = np.kron(base, np.ones((8, 8)))
+    disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
+    image = base + 120 * disc + rng.normal(0, noise, (size, size))
+    return np.clip(image, 0, 255).astype(np.uint8)

@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+
+from brainmri.config import CLASSES, ConfigError, load_config, parse_config
+
+
+def test_project_params_are_valid():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert cfg.fetch.source_set == "demo"
+    assert list(cfg.active_sources()) == ["demo_figshare", "demo_kaggle", "demo_sartaj", "demo_br35h"]
+    assert set(cfg.sources["kaggle_combined"].labels.values()) == set(CLASSES)
+
+
+def test_mirror_set_is_one_switch(params):
+    params["fetch"]["source_set"] = "mirror"
+    cfg = parse_config(params)
+    assert all(source.synthetic is None for source in cfg.active_sources().values())
+    assert all(f.sha256 for source in cfg.active_sources().values() for f in source.files)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p["sources"]["demo_kaggle"].update(format="tiff_stack"), "unknown source kind 'tiff_stack'"),
+        (lambda p: p["split"].update(train=0.8), "must sum to 1, got 1.1"),
+        (lambda p: p["train"].update(model=""), "train.model is missing"),
+        (lambda p: p["train"].pop("model") and p["train"].update(model="resnet999"), "unknown model 'resnet999'"),
+        (lambda p: p["fetch"].update(source_set="nope"), "fetch.source_set 'nope' is not one of"),
+        (lambda p: p["source_sets"]["demo"].append("ghost"), "undeclared source(s) ['ghost']"),
+        (lambda p: p["sources"]["demo_br35h"]["labels"].update(yes="tumour"), "unknown label(s) ['tumour']"),
+        (lambda p: p["train"].update(epochs=0), "greater than or equal to 1"),
+        (lambda p: p.update(colour="blue"), "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_params_give_one_clear_line(params, edit, message):
+    edit(params)
+    with pytest.raises(ConfigError) as error:
+        parse_config(params, origin="params.yaml")
+    text = str(error.value)
+    assert message in text
+    assert "\n" not in text and text.startswith("params.yaml: ")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
