@@ -17,6 +17,7 @@ patients across splits; the stage fails unless both are zero.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from .config import CLASSES, DedupConfig, SplitConfig
 from .features import Fingerprints, confirmed_pairs
 
 SPLITS = ("train", "val", "test")
+UNSEEDED_FLAG = "BRAINMRI_TEST_UNSEEDED_SPLIT"
+"""Test-only: set to 1 to drop the seed from the split, so tests can show the reproducibility check fails."""
 
 
 class LeakageError(RuntimeError):
@@ -56,7 +59,7 @@ def grouping(table: pd.DataFrame, fingerprints: Fingerprints, dedup: DedupConfig
 def assign_splits(labels: pd.Series, groups: np.ndarray, ratios: dict[str, float], seed: int) -> np.ndarray:
     """Greedy stratified group assignment; returns the split name per row."""
     counts = pd.crosstab(groups, labels.to_numpy())
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(None if os.environ.get(UNSEEDED_FLAG) == "1" else seed)
     shuffled = counts.index.to_numpy()[rng.permutation(len(counts))]
     sizes = counts.loc[shuffled].sum(axis=1).to_numpy()
     order = shuffled[np.argsort(-sizes, kind="stable")]
@@ -136,7 +139,6 @@ SPLIT_COLUMNS = ["image_id", "path", "label", "source", "patient_id", "group", "
 
 def publish_dataset(table: pd.DataFrame, dataset_dir: Path) -> None:
     """Lay the curated dataset out as ``<split>/<class>/<image_id>.png`` (hard links where possible)."""
-    import os
     import shutil
 
     if dataset_dir.exists():

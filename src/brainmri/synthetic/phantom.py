@@ -196,16 +196,16 @@ def random_anatomy(rng: np.random.Generator, label: str) -> Anatomy:
     """Draw one patient of class ``label`` (one of :data:`PHANTOM_LABELS`)."""
     if label not in PHANTOM_LABELS:
         raise ValueError(f"unknown phantom label {label!r} (known: {', '.join(PHANTOM_LABELS)})")
-    vertical = rng.uniform(0.72, 0.9)
+    vertical = rng.uniform(0.66, 0.92)
     outline = _harmonics(rng, 4, 0.06)
     skull = rng.uniform(0.06, 0.1)
     inner = 1 - skull
     brain = inner - 0.025
     return Anatomy(
         label=label,
-        centre=(rng.uniform(-0.06, 0.06), rng.uniform(-0.06, 0.06)),
-        radii=(vertical, vertical * rng.uniform(0.76, 0.92)),
-        rotation=rng.uniform(-0.26, 0.26),
+        centre=(rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08)),
+        radii=(vertical, vertical * rng.uniform(0.72, 0.95)),
+        rotation=rng.uniform(-0.3, 0.3),
         outline=outline,
         skull=skull,
         ventricles=rng.uniform(0.7, 1.3),
@@ -276,15 +276,18 @@ def _paint(rng: np.random.Generator, anatomy: Anatomy, position: float, size: in
     """The noiseless tissue image and the soft tumour membership (zeros without a tumour)."""
     contrast = anatomy.contrast
     # Head frame: translate, rotate, scale so the head contour is at rho = 1.
-    shrink = 1.0 - 0.12 * position**2
+    # The head gets smaller and rounder towards the top (position 1). Linear in position, so
+    # two levels either side of the middle do not look alike.
+    shrink = 1.0 - 0.14 * (position + 1.0)
+    width = anatomy.radii[1] * shrink * (1.0 + 0.08 * position)
     axis = np.linspace(-1.0, 1.0, size, dtype=np.float32)
-    y = axis[:, None] - np.float32(anatomy.centre[0] + 0.03 * position)
+    y = axis[:, None] - np.float32(anatomy.centre[0] + 0.06 * position)
     x = axis[None, :] - np.float32(anatomy.centre[1])
     cos, sin = np.float32(np.cos(anatomy.rotation)), np.float32(np.sin(anatomy.rotation))
-    u = (cos * x + sin * y) / np.float32(anatomy.radii[1] * shrink)
+    u = (cos * x + sin * y) / np.float32(width)
     v = (cos * y - sin * x) / np.float32(anatomy.radii[0] * shrink)
     rho = _polar(u, v, anatomy.outline)
-    pixel = 2.0 / (size * anatomy.radii[1] * shrink)  # one pixel in head units
+    pixel = 2.0 / (size * width)  # one pixel in head units
 
     inner = 1.0 - anatomy.skull
     brain_radius = inner - 0.025
@@ -295,7 +298,7 @@ def _paint(rng: np.random.Generator, anatomy: Anatomy, position: float, size: in
     fine = _upsample(rng.standard_normal((_FINE_GRID, _FINE_GRID), dtype=np.float32), size)
     turn = 1.3 * position  # blends two sulcal noise fields: a new pattern at each level
     sulcal = _upsample(np.cos(turn) * anatomy.sulci[0] + np.sin(turn) * anatomy.sulci[1], size)
-    cortex_depth = 0.8 + 0.05 * _upsample(anatomy.cortex, size)
+    cortex_depth = 0.8 - 0.06 * position + 0.05 * _upsample(anatomy.cortex, size)
 
     # Skull ring, CSF, brain (cortex, sulci, fissure, white matter), ventricles.
     image = contrast.skull * (0.88 + 0.06 * fine) * _inside(rho, 1.0, pixel)
@@ -315,8 +318,8 @@ def _paint(rng: np.random.Generator, anatomy: Anatomy, position: float, size: in
 
 
 def _ventricles(ub: np.ndarray, vb: np.ndarray, scale: float, position: float, pixel: float) -> np.ndarray:
-    """Two lateral ventricles, a tilted ellipse either side of the midline, largest mid-volume."""
-    size = scale * (1.0 - 0.5 * abs(position))
+    """Two lateral ventricles, a tilted ellipse either side of the midline, shrinking towards the top."""
+    size = scale * (0.8 - 0.45 * position)
     tilt = 0.35 + 0.25 * position
     weight = np.zeros_like(ub)
     for side in (-1.0, 1.0):
@@ -345,7 +348,7 @@ def _paint_tumour(
     """
     tumour = anatomy.tumour
     contrast = anatomy.contrast
-    radius = tumour.radius * (1.0 - 0.3 * position**2)  # the cross-section narrows away from the middle
+    radius = tumour.radius * (1.0 - 0.45 * position**2)  # the cross-section narrows away from the middle
     du, dv = ub - np.float32(tumour.centre[0]), vb - np.float32(tumour.centre[1])
     rt = _polar(du, dv, tumour.shape) / np.float32(radius)
     width = pixel / radius
@@ -367,5 +370,5 @@ def patient_positions(rng: np.random.Generator, count: int) -> np.ndarray:
     """Slice levels for a patient with ``count`` slices, spread far enough apart not to be near-duplicates."""
     if count == 1:
         return np.array([rng.uniform(-0.5, 0.5)])
-    span = rng.uniform(0.7, 0.9)
+    span = rng.uniform(0.8, 0.92)
     return np.linspace(-span, span, count) + rng.uniform(-0.05, 0.05, count)
