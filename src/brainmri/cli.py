@@ -162,6 +162,21 @@ def check_repro(repo: Annotated[Path, typer.Option(help="Repository root holding
 
 @app.command()
 @_reports_errors
+def report(
+    base: Annotated[str, typer.Option(help="Git revision to compare with.")] = "main",
+    out: Annotated[Path, typer.Option(help="Markdown file to write; plot PNGs go to report_plots/ beside it.")] = Path("report.md"),
+) -> None:
+    """Write a pull-request report: params, metrics and plots of the workspace against --base.
+
+    Reads dvc.yaml, the metrics/plots files and their versions at --base. Writes --out and its PNGs.
+    """
+    from .report import write_report
+
+    typer.echo(f"wrote {write_report(Path('.').resolve(), base, out.resolve())}")
+
+
+@app.command()
+@_reports_errors
 def demo(params: ParamsOption = Path("params.yaml")) -> None:
     """Run the whole pipeline with `dvc repro` (on the synthetic demo sources by default) and show the metrics.
 
