@@ -60,6 +60,7 @@ class BadImage(ValueError):
     """Bytes that cannot become a usable image; ``reason`` is one line, ``"<category>: <detail>"``."""
 
     def __init__(self, reason: str, name: str = "") -> None:
+        reason = " ".join(reason.split())[:240]  # decoder messages can span lines; reasons go in CSV cells
         super().__init__(f"{name}: {reason}" if name else reason)
         self.reason = reason
 
@@ -88,7 +89,7 @@ def decode_image(data: bytes, name: str, limits: MergeConfig) -> np.ndarray:
     except UnidentifiedImageError:
         raise BadImage("not an image: no known image format recognised", name) from None
     except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error... on bad bytes
-        raise BadImage(f"corrupt image: {' '.join(str(error).split())[:200]}", name) from None
+        raise BadImage(f"corrupt image: {error}", name) from None
 
 
 def to_grey(image: Image.Image) -> np.ndarray:

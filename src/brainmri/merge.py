@@ -19,9 +19,11 @@ Work is split so it can use every core with flat memory: the archives are
 *planned* in this process from their central directories (no image data
 read), then the members are decoded, normalised and written by a pool of
 worker processes, each of which opens the archives itself and returns only a
-small manifest row. Results arrive in any order and are sorted before
-writing, so the outputs are byte-identical from run to run and for any number
-of workers (PNG encoding is deterministic and Pillow writes no timestamps).
+small manifest row. Rows and rejects are sorted before writing, so the
+outputs are byte-identical from run to run and for any number of workers (PNG
+encoding is deterministic and Pillow writes no timestamps). Spawned workers
+re-import the caller's main script: a script that calls ``merge_sources``
+needs the usual ``if __name__ == "__main__":`` guard.
 ``image_id`` is derived from the source name and the original path only, so
 it is stable across runs and machines.
 """
@@ -37,6 +39,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,8 +229,14 @@ def _work(task: MemberTask) -> dict[str, str] | Rejected:
 def _process(
     tasks: list[MemberTask], sources: dict[str, SourceConfig], cfg: MergeConfig, workers: int
 ) -> Iterator[dict[str, str] | Rejected]:
-    """Results of all tasks, in any order. Workers are spawned (not forked) so no parent thread or
-    open file is inherited; chunks keep the inter-process traffic to a few messages per worker."""
+    """Results of all tasks, in task order.
+
+    Workers are spawned, not forked, so they inherit no thread or open file of
+    the caller (which may hold torch or tqdm threads); chunks keep the
+    inter-process traffic to a few messages per worker. A worker that dies
+    (a decoder crash, the OOM killer) raises ``BrokenProcessPool`` here
+    instead of hanging, as ``multiprocessing.Pool`` would.
+    """
     if workers <= 1:
         writer = _ImageWriter(sources, cfg)
         try:
@@ -236,8 +245,9 @@ def _process(
             writer.close()
         return
     chunksize = max(1, min(64, len(tasks) // (workers * 8)))
-    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (sources, cfg)) as pool:
-        yield from pool.imap_unordered(_work, tasks, chunksize)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(sources, cfg)) as pool:
+        yield from pool.map(_work, tasks, chunksize=chunksize)
 
 
 def write_image(image: SourceImage, out_dir: Path) -> dict[str, str]:

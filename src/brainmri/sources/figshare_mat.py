@@ -29,7 +29,7 @@ import numpy as np
 from ..config import MergeConfig, SourceConfig
 from ..imaging import BadImage, check_size, int16_to_uint8
 from .base import MemberTask, Rejected, SourceImage, Skipped, reason
-from .safe_zip import Member, MemberError, Refused, SafeZip
+from .safe_zip import MemberError, Refused, SafeZip
 
 
 class BadMat(ValueError):

@@ -38,6 +38,7 @@ def parse_yolo_box(text: str) -> Box | None:
     fields = lines[0]
     if len(fields) != 5:
         raise ValueError(f"expected 'class cx cy w h', got {len(fields)} fields")
+    int(fields[0])  # the class number; the label comes from the folder, but garbage here means a broken file
     cx, cy, w, h = (float(field) for field in fields[1:])
     if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (cx, cy, w, h)) or w == 0 or h == 0:
         raise ValueError(f"box {cx} {cy} {w} {h} is not normalised to (0, 1]")
