@@ -48,6 +48,8 @@ def make_project(where: Path) -> Path:
     run(["git", "init", "-q"], repo)
     run(["git", "config", "user.email", "ci@example.invalid"], repo)
     run(["git", "config", "user.name", "ci"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "project"], repo)
     return repo
 
 
