@@ -128,22 +128,65 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     _summary("evaluate", run_evaluate(load_config(params)))
 
 
+DEFAULT_OOD = Path("build/evaluate/ood.npz")
+"""Where the evaluate stage (default params) writes the out-of-distribution check that ``predict`` uses."""
+
+
 @app.command()
 @_reports_errors
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders or zip archives.")],
     model: Annotated[Path, typer.Option(help="Checkpoint written by the train stage.")] = Path("build/model/model.pt"),
     out: Annotated[Path, typer.Option(help="Output table (.csv or .json).")] = Path("predictions.csv"),
+    ood: Annotated[
+        Path | None,
+        typer.Option(help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."),
+    ] = None,
+    no_ood: Annotated[bool, typer.Option("--no-ood", help="Give every image a class, brain MRI or not.")] = False,
+    gradcam: Annotated[Path | None, typer.Option(help="Folder for a Grad-CAM overlay PNG per image.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images decoded and predicted at a time.")] = 64,
 ) -> None:
     """Predict tumour class probabilities for new images with a trained checkpoint.
 
-    Reads the images and the checkpoint (which carries its own preprocessing). Writes one row per image
-    to --out; unreadable files are listed with a reason and skipped.
+    Reads the images and the checkpoint (which carries its own preprocessing) and the out-of-distribution
+    check of the evaluate stage. Writes one row per image to --out: images unlike the training MRI get
+    "not a brain MRI" and their score instead of a class; unreadable files are listed with a reason and
+    skipped. With --gradcam, writes one overlay PNG per predicted image there.
     """
-    from .predict import predict_paths
+    from .predict import OODMismatch, predict_paths
 
-    result = predict_paths(inputs, model, out)
+    if no_ood:
+        ood = None
+    elif ood is None and DEFAULT_OOD.exists():
+        ood = DEFAULT_OOD
+    elif ood is None:
+        typer.echo(f"note: no {DEFAULT_OOD}; images are not checked for being brain MRI (run the evaluate stage)", err=True)
+    try:
+        result = predict_paths(inputs, model, out, batch_size, ood=ood, gradcam_dir=gradcam)
+    except OODMismatch as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
     _summary("predict", result)
+
+
+@app.command()
+@_reports_errors
+def export(
+    model: Annotated[Path, typer.Option(help="Checkpoint written by the train stage.")] = Path("build/model/model.pt"),
+    out_dir: Annotated[Path, typer.Option(help="Folder for the exported files.")] = Path("build/export"),
+) -> None:
+    """Export a checkpoint as TorchScript and ONNX, each returning softmax probabilities, and verify both.
+
+    Reads the checkpoint. Writes model.ts, model.onnx and model.json (classes, image size, input contract) to
+    --out-dir; exits 1 if either export's probabilities differ from PyTorch's.
+    """
+    from .export import ExportMismatch, export_checkpoint
+
+    try:
+        _summary("export", export_checkpoint(model, out_dir))
+    except ExportMismatch as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("check-repro")

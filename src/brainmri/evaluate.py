@@ -1,25 +1,50 @@
-"""Evaluate stage: metrics on val and test, per source, and the plot data DVC renders.
+"""Evaluate stage: metrics on val and test, per source, explanations, the out-of-distribution check, the model card.
 
 Writes ``metrics/metrics.json`` (DVC metrics), plot data under
-``metrics/evaluate/`` (declared as DVC plots in ``dvc.yaml``) and PNG figures
-plus per-image predictions under ``evaluate.out_dir`` for people and the README.
+``metrics/evaluate/`` (declared as DVC plots in ``dvc.yaml``) and, under
+``evaluate.out_dir``: PNG figures, per-image predictions, Grad-CAM overlays
+(``gradcam/<class>/``), the fitted out-of-distribution check (``ood.npz``,
+which ``predict`` uses) and ``MODEL_CARD.md``.
+
+Every output is a function of the inputs and the seed (no timings, no
+timestamps), so the reproducibility check can compare bytes.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn import metrics as skm
 
 from .checkpoint import load_checkpoint
-from .config import EvaluateConfig
-from .inference import predict_proba, read_grey_png
+from .config import DedupConfig, EvaluateConfig, ExternalSetConfig
+from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
+from .features import Fingerprints, compute_fingerprints, confirmed_pairs, fingerprint
+from .imaging import BadImage, decode_image
+from .inference import predict_with_features, read_grey_png
 from .metrics import bootstrap_ci, classification_metrics, reliability_table, tumour_detection
+from .ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
+from .predict import LIMITS, iter_inputs
+from .preprocess import resize_grey
 
 PLOT_SPLIT = "test"
+
+
+def load_resized(paths, image_size: int) -> list[np.ndarray]:
+    """Decode the pipeline's PNGs and resize them at once, so a large split never sits in memory at full size.
+
+    Decoding runs in threads (Pillow releases the GIL); the order of the result is the order of ``paths``.
+    """
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda path: resize_grey(read_grey_png(path), image_size), paths))
 
 
 def _split_metrics(rows: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes: list[str], cfg: EvaluateConfig, seed: int) -> dict:
@@ -32,12 +57,19 @@ def _split_metrics(rows: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes
         source: {
             "n": int(members.sum()),
             "accuracy": float((predicted[members] == y[members]).mean()),
-            "macro_f1": float(skm.f1_score(y[members], predicted[members], labels=list(range(len(classes))), average="macro", zero_division=0)),
+            "macro_f1": _present_macro_f1(y[members], predicted[members]),
         }
         for source in sorted(rows["source"].unique())
         for members in [rows["source"].to_numpy() == source]
     }
     return result
+
+
+def _present_macro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
+    """Macro-F1 over the classes that occur (as truth or prediction): a source that holds one class would
+    otherwise be averaged with zeros for the classes it cannot contain."""
+    present = np.union1d(y, predicted).tolist()
+    return float(skm.f1_score(y, predicted, labels=present, average="macro", zero_division=0))
 
 
 def _write_plot_data(plots_dir: Path, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> None:
@@ -57,28 +89,230 @@ def _write_plot_data(plots_dir: Path, y: np.ndarray, proba: np.ndarray, classes:
     pd.DataFrame(reliability_table(y, proba)).to_csv(plots_dir / "reliability.csv", index=False)
 
 
-def evaluate_model(table: pd.DataFrame, checkpoint_path: Path, cfg: EvaluateConfig, *, seed: int, metrics_dir: Path) -> dict:
-    """Evaluate a checkpoint on the val and test rows of a split table; write metrics, plot data and figures."""
-    from .figures import save_figures
+def gradcam_sample(y: np.ndarray, predicted: np.ndarray, n_classes: int, per_class: int, seed: int) -> list[int]:
+    """Row indices: up to ``per_class`` correctly and up to ``per_class`` wrongly predicted images of each true class.
+
+    Drawn with the seed, so the same images are explained on every run and a
+    reviewer sees failures next to successes instead of only the easy cases.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for k in range(n_classes):
+        for correct in (True, False):
+            members = np.flatnonzero((y == k) & ((predicted == y) == correct))
+            if per_class and len(members):
+                chosen.extend(int(i) for i in np.sort(rng.choice(members, min(per_class, len(members)), replace=False)))
+    return chosen
+
+
+def _regions(rows: pd.DataFrame, size: int) -> list[np.ndarray | None]:
+    columns = {c: rows[c].fillna("").astype(str) if c in rows else pd.Series([""] * len(rows)) for c in ("mask_path", "box")}
+    return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"])]
+
+
+def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, predicted: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
+    """Localisation scores on every test image with a known tumour region, and the seeded overlay sample.
+
+    Localisation explains the *true* class (does the evidence for the right
+    answer sit on the tumour?); overlays explain the *predicted* class (what
+    made the model say what it said).
+    """
+    classes = list(meta.classes)
+    regions = _regions(rows, meta.image_size)
+    located = [i for i, region in enumerate(regions) if region is not None]
+    cams, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located])
+    scores = [{"label": classes[y[i]], **localisation(cam, regions[i])} for i, cam in zip(located, cams)]
+
+    gradcam_dir = cfg.out_dir / "gradcam"
+    shutil.rmtree(gradcam_dir, ignore_errors=True)  # no overlays left over from a run with another sample
+    sample = gradcam_sample(y, predicted, len(classes), cfg.gradcam_per_class, seed)
+    originals = [read_grey_png(rows["path"].iloc[i]) for i in sample]
+    cams, proba = gradcam_images(model, originals, meta.image_size, targets=[int(predicted[i]) for i in sample])
+    panels = []
+    for i, original, cam, p in zip(sample, originals, cams, proba):
+        verdict = "correct" if predicted[i] == y[i] else "wrong"
+        image_id = rows["image_id"].iloc[i]
+        path = gradcam_dir / classes[y[i]] / f"{verdict}_{image_id}.png"
+        save_overlay(path, original, cam, regions[i])
+        title = f"{classes[y[i]]} → {classes[predicted[i]]} ({p[predicted[i]]:.2f}), {verdict}\n{image_id}"
+        panels.append((path, title))
+    return summarise_localisation(scores, classes), panels
+
+
+def _ood(check: OODCheck, features: dict[str, np.ndarray], test_rows: pd.DataFrame, non_mri: tuple[list[str], np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    """False rejections of MRI (val, test, test per source) and detection of non-MRI; the scores for the figure."""
+    scores = {split: check.score(f) for split, f in features.items()}
+    kinds, non_mri_features = non_mri
+    scores["non-MRI"] = check.score(non_mri_features)
+    test_rejected = check.rejects(scores["test"])
+    sources = test_rows["source"].to_numpy()
+    result = {
+        "quantile": check.quantile,
+        "threshold": round(check.threshold, 4),
+        "val_rejection_rate": round(float(check.rejects(scores["val"]).mean()), 4),
+        "test": {
+            "n": int(len(test_rejected)),
+            "false_rejection_rate": round(float(test_rejected.mean()), 4) if len(test_rejected) else None,
+            "false_rejections": int(test_rejected.sum()),
+            "per_source": {s: round(float(test_rejected[sources == s].mean()), 4) for s in sorted(set(sources))},
+        },
+        "non_mri": detection_summary(kinds, check.rejects(scores["non-MRI"])),
+    }
+    return result, {"val MRI": scores["val"], "test MRI": scores["test"], "non-MRI": scores["non-MRI"]}
+
+
+def read_external(spec: ExternalSetConfig) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
+    """An external set's images with labels from the nearest enclosing folder named in ``spec.labels``.
+
+    Returns the rows (``file``, ``label``), the decoded grey images and how
+    many files had no mapped folder or could not be decoded.
+    """
+    rows, images, counts = [], [], Counter(unlabelled=0, unreadable=0)
+    prefix = len(str(spec.path))
+    for name, data, _ in iter_inputs([spec.path]):
+        folders = Path(name[prefix:].lstrip("/")).parts[:-1]
+        label = next((spec.labels[f] for f in reversed(folders) if f in spec.labels), None)
+        if label is None:
+            counts["unlabelled"] += 1
+            continue
+        try:
+            images.append(decode_image(data or b"", name, LIMITS))
+        except BadImage:
+            counts["unreadable"] += 1
+            continue
+        rows.append({"file": name, "label": label})
+    return pd.DataFrame(rows, columns=["file", "label"]), images, dict(counts)
+
+
+def external_overlaps(reference: Fingerprints, images: list[np.ndarray], dedup: DedupConfig) -> pd.DataFrame:
+    """Pairs (external row, train/val image) that the dedup stage's criterion calls duplicates."""
+    prints = [fingerprint(Image.fromarray(image), dedup.hash_size, dedup.thumb_size, dedup.frame_spread) for image in images]
+    words, thumb = reference.hashes.shape[1], reference.thumbs.shape[1]
+    combined = Fingerprints(
+        np.concatenate([reference.image_ids, np.array([f"external:{k}" for k in range(len(images))])]),
+        np.concatenate([reference.hashes, np.array([h for h, _ in prints]).reshape(-1, words)]),
+        np.concatenate([reference.thumbs, np.array([t for _, t in prints], dtype=np.float32).reshape(-1, thumb)]),
+    )
+    i, j, hamming, correlation = confirmed_pairs(combined, dedup.max_hamming, dedup.min_correlation)
+    n = len(reference.image_ids)
+    cross = (i < n) & (j >= n)  # pairs come with i < j, so the external image is always j
+    return pd.DataFrame(
+        {"row": j[cross] - n, "image_id": reference.image_ids[i[cross]], "hamming": hamming[cross], "correlation": correlation[cross].round(4)}
+    ).sort_values(["row", "image_id"], ignore_index=True)
+
+
+def _external_metrics(y: np.ndarray, proba: np.ndarray, rejected: np.ndarray, classes: list[str], cfg: EvaluateConfig, seed: int) -> dict:
+    if len(y) == 0:
+        return {"n": 0}
+    full = classification_metrics(y, proba, classes)
+    result = {key: full[key] for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")}
+    result.update(bootstrap_ci(y, proba.argmax(axis=1), len(classes), cfg.bootstrap, seed))
+    if "no_tumor" in classes:
+        result["tumour_detection"] = tumour_detection(y, proba.argmax(axis=1), classes.index("no_tumor"))
+    result["ood_rejection_rate"] = round(float(rejected.mean()), 4)
+    return result
+
+
+def evaluate_external(
+    model, meta, check: OODCheck, reference: pd.DataFrame, cfg: EvaluateConfig, dedup: DedupConfig, seed: int
+) -> dict:
+    """Each external set: images overlapping train/val are listed (``external/<name>_overlaps.csv``), counted and
+    left out of ``clean``; ``with_overlap`` shows the numbers they would have inflated."""
+    classes = list(meta.classes)
+    prints = compute_fingerprints(
+        list(reference["image_id"]), list(reference["path"]), dedup.hash_size, dedup.thumb_size, frame_spread=dedup.frame_spread
+    )
+    split_of = dict(zip(reference["image_id"], reference["split"]))
+    out_dir = cfg.out_dir / "external"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    results = {}
+    for spec in cfg.external:
+        rows, images, counts = read_external(spec)
+        pairs = external_overlaps(prints, images, dedup)
+        listing = pairs.assign(file=rows["file"].to_numpy(dtype=str)[pairs["row"].to_numpy(dtype=int)], split=pairs["image_id"].map(split_of))
+        listing[["file", "image_id", "split", "hamming", "correlation"]].to_csv(out_dir / f"{spec.name}_overlaps.csv", index=False)
+        proba, features = predict_with_features(model, images, meta.image_size) if images else (np.zeros((0, len(classes))), None)
+        rejected = check.rejects(check.score(features)) if images else np.zeros(0, dtype=bool)
+        y = rows["label"].map(classes.index).to_numpy()
+        clean = ~np.isin(np.arange(len(rows)), pairs["row"])
+        results[spec.name] = {
+            "images": int(len(rows)),
+            **counts,
+            "overlapping_train_val": int((~clean).sum()),
+            "clean": _external_metrics(y[clean], proba[clean], rejected[clean], classes, cfg, seed),
+            "with_overlap": _external_metrics(y, proba, rejected, classes, cfg, seed),
+        }
+    return results
+
+
+def evaluate_model(
+    table: pd.DataFrame,
+    checkpoint_path: Path,
+    cfg: EvaluateConfig,
+    *,
+    seed: int,
+    metrics_dir: Path,
+    dedup_report: Path | None = None,
+    split_report: Path | None = None,
+    dedup: DedupConfig | None = None,
+) -> dict:
+    """Evaluate a checkpoint on the val and test rows of a split table; write metrics, plot data, figures,
+    Grad-CAM overlays, the out-of-distribution check, external-set results and the model card.
+
+    The train rows are read only to fit the out-of-distribution check (and,
+    with val, to find external images that are already known).
+    ``dedup_report`` and ``split_report`` (the stages' ``report.json``) add
+    the data's history to the model card when given. ``dedup`` (the dedup
+    stage's params) is the duplicate criterion external sets are checked
+    with; it is required when ``cfg.external`` names any.
+    """
+    if cfg.external and dedup is None:
+        raise ValueError("evaluate.external needs the dedup params to check overlaps with train/val")
+    from .figures import gradcam_figure, ood_figure, save_figures
+    from .modelcard import write_model_card
 
     model, meta = load_checkpoint(checkpoint_path)
     classes = list(meta.classes)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {split: table[table["split"] == split].reset_index(drop=True) for split in ("train", "val", "test")}
+    images, proba, features = {}, {}, {}
+    for split, members in rows.items():
+        images[split] = load_resized(members["path"], meta.image_size)
+        proba[split], features[split] = predict_with_features(model, images[split], meta.image_size)
+    y = {split: members["label"].map(classes.index).to_numpy() for split, members in rows.items()}
+
+    check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
+    check.save(cfg.out_dir / "ood.npz")
+    non_mri = non_mri_images(seed)
+    _, non_mri_features = predict_with_features(model, [image for _, _, image in non_mri], meta.image_size)
+    ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features))
+
     results, predictions = {}, []
     for split in ("val", "test"):
-        rows = table[table["split"] == split].reset_index(drop=True)
-        proba = predict_proba(model, [read_grey_png(path) for path in rows["path"]], meta.image_size)
-        y = rows["label"].map(classes.index).to_numpy()
-        results[split] = _split_metrics(rows, y, proba, classes, cfg, seed)
+        results[split] = _split_metrics(rows[split], y[split], proba[split], classes, cfg, seed)
+        scores = check.score(features[split])
         predictions.append(
-            rows[["image_id", "source", "label"]]
-            .assign(split=split, predicted=[classes[k] for k in proba.argmax(axis=1)])
-            .join(pd.DataFrame(proba.round(6), columns=[f"p_{c}" for c in classes]))
+            rows[split][["image_id", "source", "label"]]
+            .assign(split=split, predicted=[classes[k] for k in proba[split].argmax(axis=1)])
+            .join(pd.DataFrame(proba[split].round(6), columns=[f"p_{c}" for c in classes]))
+            .assign(ood_score=scores.round(4), ood_verdict=np.where(check.rejects(scores), NOT_MRI, "brain MRI"))
         )
-        if split == PLOT_SPLIT:
-            _write_plot_data(metrics_dir / "evaluate", y, proba, classes)
-            save_figures(y, proba, classes, metrics_dir / "train", cfg.out_dir)
-    payload = {"model": meta.model_name, "data_version": meta.data_version, **results}
+    test_predicted = proba["test"].argmax(axis=1)
+    _write_plot_data(metrics_dir / "evaluate", y["test"], proba["test"], classes)
+    save_figures(y["test"], proba["test"], classes, metrics_dir / "train", cfg.out_dir)
+    located, panels = _explain(model, meta, rows["test"], images["test"], y["test"], test_predicted, cfg, seed)
+    gradcam_figure(panels, cfg.out_dir / "gradcam.png")
+    ood_figure(ood_scores, check.threshold, cfg.out_dir / "ood_scores.png")
+
+    payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "localisation": located, "ood": ood}
+    if cfg.external:
+        known = pd.concat([rows["train"], rows["val"]], ignore_index=True)
+        payload["external"] = evaluate_external(model, meta, check, known, cfg, dedup, seed)
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)
-    return {split: {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4)} for split, r in results.items()}
+    reports = {name: json.loads(path.read_text()) for name, path in (("dedup", dedup_report), ("split", split_report)) if path and path.exists()}
+    write_model_card(cfg.out_dir / "MODEL_CARD.md", meta=meta, table=table, metrics=payload, reports=reports, out_dir=cfg.out_dir)
+    summary = {split: {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4)} for split, r in results.items()}
+    summary["ood"] = {"test_false_rejection_rate": ood["test"]["false_rejection_rate"], "non_mri_detection_rate": ood["non_mri"]["detection_rate"]}
+    return summary

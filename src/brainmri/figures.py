@@ -73,7 +73,36 @@ def training_curves_figure(live_dir: Path, path: Path) -> bool:
     return True
 
 
+def ood_figure(scores: dict[str, np.ndarray], threshold: float, path: Path) -> None:
+    """Histograms of the out-of-distribution score per group of images, with the rejection threshold."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    everything = np.concatenate([np.asarray(v, dtype=float) for v in scores.values()] + [np.array([threshold])])
+    bins = np.linspace(0.0, max(float(everything.max()) * 1.05, 1e-6), 40)  # positive width even if every score is 0
+    for name, values in scores.items():
+        axis.hist(values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})")
+    axis.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:.1f}")
+    axis.set(xlabel="Mahalanobis distance to nearest class mean", ylabel="images", title="Out-of-distribution score")
+    axis.legend(fontsize=8)
+    _save(figure, path)
+
+
+def gradcam_figure(panels: list[tuple[Path, str]], path: Path, columns: int = 4) -> None:
+    """The Grad-CAM overlay PNGs in one grid, each titled (true class, prediction, correct or wrong); none: no file."""
+    if not panels:
+        path.unlink(missing_ok=True)
+        return
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (png, title) in zip(axes.flat, panels):
+        axis.imshow(plt.imread(png))
+        axis.set_title(title, fontsize=8)
+    _save(figure, path)
+
+
 def save_figures(y: np.ndarray, proba: np.ndarray, classes: list[str], live_dir: Path, out_dir: Path) -> None:
+    """The figures of the test split's predictions (and the training curves when dvclive logs exist)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     confusion_figure(y, proba.argmax(axis=1), classes, out_dir / "confusion_matrix.png")
     roc_figure(y, proba, classes, out_dir / "roc.png")

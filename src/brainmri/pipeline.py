@@ -90,4 +90,13 @@ def run_evaluate(cfg: Config) -> dict:
     from .evaluate import evaluate_model
 
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
-    return evaluate_model(table, cfg.train.out_dir / "model.pt", cfg.evaluate, seed=cfg.seed, metrics_dir=METRICS_DIR)
+    return evaluate_model(
+        table,
+        cfg.train.out_dir / "model.pt",
+        cfg.evaluate,
+        seed=cfg.seed,
+        metrics_dir=METRICS_DIR,
+        dedup_report=cfg.dedup.out_dir / "report.json",
+        split_report=cfg.split.out_dir / "report.json",
+        dedup=cfg.dedup,
+    )

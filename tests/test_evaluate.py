@@ -1,0 +1,164 @@
+"""The evaluate stage on a tiny split: metrics, localisation, OOD check, overlays, model card, byte-for-byte reruns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from brainmri.checkpoint import save_checkpoint
+from brainmri.config import DedupConfig, EvaluateConfig, ExternalSetConfig
+from brainmri.evaluate import evaluate_model, gradcam_sample
+from brainmri.models import build_model
+from brainmri.ood import OODCheck, file_sha256
+from conftest import blob_image, write_grey_png
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_project(root: Path) -> tuple[pd.DataFrame, Path]:
+    """A split table of blob images (tumour rows of source_a carry masks, of source_b boxes) and an untrained checkpoint."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, per_class in (("train", 6), ("val", 3), ("test", 3)):
+        for label in CLASSES:
+            for k in range(per_class):
+                source = "source_a" if k % 2 == 0 else "source_b"
+                image_id = f"{source}-{split}-{label}-{k}"
+                centre = rng.uniform(20, 44, 2)
+                path = write_grey_png(root / "images" / f"{image_id}.png", blob_image(rng, 64, centre=centre))
+                mask_path, box = "", ""
+                if label != "no_tumor" and source == "source_a":
+                    yy, xx = np.mgrid[:64, :64]
+                    mask = (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) < 100).astype(np.uint8) * 255
+                    mask_path = str(write_grey_png(root / "masks" / f"{image_id}.png", mask))
+                elif label != "no_tumor":
+                    box = f"{centre[1] / 64} {centre[0] / 64} {20 / 64} {20 / 64}"
+                rows.append({"image_id": image_id, "path": str(path), "label": label, "source": source, "split": split, "mask_path": mask_path, "box": box})
+    torch.manual_seed(0)
+    checkpoint = root / "model.pt"
+    save_checkpoint(
+        checkpoint, build_model("small_cnn", len(CLASSES), pretrained=False),
+        model_name="small_cnn", classes=CLASSES, image_size=32, params={"seed": 1, "train": {"lr": 0.01}}, data_version="sha256:x",
+    )
+    return pd.DataFrame(rows), checkpoint
+
+
+def run(root: Path, table: pd.DataFrame, checkpoint: Path, reports: bool = False) -> dict:
+    cfg = EvaluateConfig(out_dir=root / "evaluate", bootstrap=20, gradcam_per_class=1, ood_quantile=0.9)
+    extra = {}
+    if reports:
+        (root / "dedup.json").write_text(json.dumps({"images_in": 60, "images_kept": 48, "dropped_by_reason": {"duplicate": 12}}))
+        (root / "split.json").write_text(json.dumps({"images": 48, "groups": 40, "leakage": {"cross_split_duplicate_pairs": 0, "patients_in_several_splits": 0}}))
+        extra = {"dedup_report": root / "dedup.json", "split_report": root / "split.json"}
+    return evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=root / "metrics", **extra)
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".pt"}
+
+
+def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
+    table, checkpoint = make_project(tmp_path)
+    summary = run(tmp_path, table, checkpoint, reports=True)
+    assert set(summary) == {"val", "test", "ood"}
+
+    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+    located = metrics["localisation"]
+    assert set(located) == {"glioma", "meningioma", "pituitary", "all"}  # no region is known for no_tumor
+    assert located["all"]["n"] == 9 and 0 < located["all"]["chance"] < 0.2
+    ood = metrics["ood"]
+    assert ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
+    assert ood["non_mri"]["n"] > 30 and 0 <= ood["non_mri"]["detection_rate"] <= 1
+
+    out = tmp_path / "evaluate"
+    check = OODCheck.load(out / "ood.npz")
+    assert check.checkpoint_sha256 == file_sha256(checkpoint) and check.quantile == 0.9
+    overlays = sorted(p.relative_to(out / "gradcam").as_posix() for p in (out / "gradcam").rglob("*.png"))
+    assert overlays and all(p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays)
+    assert len(overlays) <= 2 * len(CLASSES)
+    for name in ("gradcam.png", "ood_scores.png", "confusion_matrix.png", "predictions.csv"):
+        assert (out / name).is_file(), name
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert {"ood_score", "ood_verdict"} <= set(predictions.columns) and len(predictions) == 24
+
+    card = (out / "MODEL_CARD.md").read_text()
+    for heading in ("## Intended use", "## Data", "## Results", "## Explanations", "## Out-of-distribution check", "## Limitations"):
+        assert heading in card, heading
+    assert "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
+    assert "[95% CI]" in card and "source_a" in card
+
+    first = digest(tmp_path)
+    run(tmp_path, table, checkpoint, reports=True)
+    assert digest(tmp_path) == first, "evaluate outputs must be byte-identical on a rerun"
+
+
+def test_card_without_reports_says_so(tmp_path):
+    table, checkpoint = make_project(tmp_path)
+    run(tmp_path, table, checkpoint)
+    card = (tmp_path / "evaluate" / "MODEL_CARD.md").read_text()
+    assert "reports were not given" in card and "Images per split and class" in card
+
+
+def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    predicted = np.array([0, 0, 0, 1, 1, 0, 0, 2])
+    first = gradcam_sample(y, predicted, 3, per_class=2, seed=1)
+    assert first == gradcam_sample(y, predicted, 3, per_class=2, seed=1)
+    chosen = set(first)
+    assert len([i for i in chosen if y[i] == 0 and predicted[i] == 0]) == 2 and 3 in chosen  # class 0: 2 right, its 1 wrong
+    assert 4 in chosen and {5, 6} <= chosen and 7 in chosen
+    assert gradcam_sample(y, predicted, 3, per_class=0, seed=1) == []
+
+
+def test_external_set_excludes_images_already_in_train_or_val(tmp_path):
+    table, checkpoint = make_project(tmp_path)
+    ext = tmp_path / "ext"
+    train_paths = table.loc[table["split"] == "train", "path"].tolist()
+    (ext / "tumours").mkdir(parents=True)
+    Image.open(train_paths[0]).save(ext / "tumours" / "copy.png")
+    Image.open(train_paths[1]).convert("RGB").save(ext / "tumours" / "as_rgb.bmp")  # same pixels, another format
+    rng = np.random.default_rng(99)
+    for k in range(2):
+        write_grey_png(ext / "tumours" / f"new{k}.png", blob_image(rng, 64))
+    write_grey_png(ext / "healthy" / "new.png", blob_image(rng, 64))
+    write_grey_png(ext / "other" / "unmapped.png", blob_image(rng, 64))
+    (ext / "tumours" / "broken.jpg").write_bytes(b"not a jpeg")
+
+    spec = ExternalSetConfig(name="hospital_x", path=ext, labels={"tumours": "glioma", "healthy": "no_tumor"})
+    cfg = EvaluateConfig(out_dir=tmp_path / "evaluate", bootstrap=10, gradcam_per_class=0, external=[spec])
+    with pytest.raises(ValueError, match="needs the dedup params"):
+        evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=tmp_path / "metrics")
+    evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=tmp_path / "metrics", dedup=DedupConfig())
+
+    result = json.loads((tmp_path / "metrics" / "metrics.json").read_text())["external"]["hospital_x"]
+    assert (result["images"], result["unlabelled"], result["unreadable"], result["overlapping_train_val"]) == (5, 1, 1, 2)
+    assert result["clean"]["n"] == 3 and result["with_overlap"]["n"] == 5
+    assert "accuracy_ci95" in result["clean"] and 0 <= result["clean"]["ood_rejection_rate"] <= 1
+    overlaps = pd.read_csv(tmp_path / "evaluate" / "external" / "hospital_x_overlaps.csv")
+    assert sorted(Path(f).name for f in overlaps["file"]) == ["as_rgb.bmp", "copy.png"]
+    assert set(overlaps["split"]) == {"train"} and set(overlaps["image_id"]) == set(table.loc[table["path"].isin(train_paths[:2]), "image_id"])
+    assert "## External sets" in (tmp_path / "evaluate" / "MODEL_CARD.md").read_text()
+
+
+def test_external_set_params_are_validated():
+    with pytest.raises(ValidationError, match="labels must map folder names"):
+        ExternalSetConfig(name="x", path=Path("x"), labels={"yes": "tumor_unknown"})
+    spec = ExternalSetConfig(name="x", path=Path("x"), labels={"a": "glioma"})
+    with pytest.raises(ValidationError, match="unique"):
+        EvaluateConfig(external=[spec, spec])

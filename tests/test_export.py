@@ -1,0 +1,72 @@
+"""TorchScript and ONNX exports give PyTorch's probabilities, carry their metadata, and the CLI writes them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brainmri.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.cli import app
+from brainmri.export import TOLERANCE
+from brainmri.inference import predict_with_features
+from brainmri.models import build_model
+from brainmri.preprocess import to_model_input
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+SIZE = 32
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """One export through the CLI, shared by the tests (the ONNX exporter takes seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("export")
+    torch.manual_seed(0)
+    checkpoint = folder / "model.pt"
+    model = build_model("small_cnn", len(CLASSES), pretrained=False)
+    save_checkpoint(checkpoint, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="v1")
+    result = CliRunner().invoke(app, ["export", "--model", str(checkpoint), "--out-dir", str(folder / "out")])
+    assert result.exit_code == 0, result.output
+    yield checkpoint, folder / "out"
+    torch.set_num_threads(threads)
+
+
+def images(n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (40 + 5 * k, 48), dtype=np.uint8) for k in range(n)]
+
+
+def test_both_exports_give_the_pytorch_probabilities(exported):
+    checkpoint, out = exported
+    model, meta = load_checkpoint(checkpoint)
+    expected, _ = predict_with_features(model, images(), meta.image_size)
+    batch = to_model_input(images(), meta.image_size)
+    scripted = torch.jit.load(str(out / "model.ts"))
+    with torch.inference_mode():
+        from_torchscript = scripted(batch).numpy()
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    from_onnx = session.run(["probabilities"], {"image": batch.numpy()})[0]
+    assert from_onnx.shape == expected.shape == (6, 4), "the batch dimension is dynamic"
+    assert np.abs(from_torchscript - expected).max() <= TOLERANCE
+    assert np.abs(from_onnx - expected).max() <= TOLERANCE
+    single = session.run(["probabilities"], {"image": batch[:1].numpy()})[0]
+    assert np.abs(single - expected[:1]).max() <= TOLERANCE
+
+
+def test_exports_carry_classes_and_input_contract(exported):
+    _, out = exported
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == CLASSES and meta["image_size"] == SIZE and meta["data_version"] == "v1"
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert props["classes"] == CLASSES and props["image_size"] == SIZE
+    extra = {"meta.json": ""}
+    torch.jit.load(str(out / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["meta.json"])["classes"] == CLASSES

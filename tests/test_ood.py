@@ -1,0 +1,72 @@
+"""The out-of-distribution check: Mahalanobis scores, the val-quantile threshold, saving, and the non-MRI set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainmri.ood import OODCheck, detection_summary, fit_ood, non_mri_images
+
+
+def clusters(rng: np.random.Generator, n: int, dims: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Three Gaussian classes in ``dims`` dimensions, correlated, with some dead (constant zero) features."""
+    labels = np.arange(n) % 3
+    centres = rng.normal(0, 4, (3, dims))
+    mixing = rng.normal(0, 1, (dims, dims))
+    features = centres[labels] + rng.normal(0, 1, (n, dims)) @ mixing
+    features[:, :3] = 0.0  # dead ReLU units: a plain covariance would be singular
+    return features, labels
+
+
+def test_scores_separate_far_points_and_threshold_is_the_val_quantile():
+    rng = np.random.default_rng(0)
+    train, labels = clusters(rng, 300)
+    val = train + rng.normal(0, 0.5, train.shape)  # in distribution, but not the points the means were fitted to
+    check = fit_ood(train, labels, val, quantile=0.95, checkpoint_sha256="abc")
+    val_scores = check.score(val)
+    assert check.threshold == pytest.approx(np.quantile(val_scores, 0.95, method="higher"))
+    assert check.rejects(val_scores).mean() == pytest.approx(0.05, abs=0.01)
+    far = train[:50] + rng.normal(0, 30, (50, train.shape[1]))
+    assert check.rejects(check.score(far)).mean() == 1.0
+    assert np.isfinite(check.score(train)).all() and check.score(np.zeros((0, train.shape[1]))).shape == (0,)
+
+
+def test_score_is_the_distance_to_the_nearest_class_mean():
+    check = OODCheck(means=np.array([[0.0, 0.0], [10.0, 0.0]]), precision=np.diag([1.0, 4.0]), threshold=3.0, quantile=0.99, checkpoint_sha256="")
+    scores = check.score(np.array([[9.0, 0.0], [0.0, 1.0], [5.0, 0.0]]))
+    assert scores == pytest.approx([1.0, 2.0, 5.0])
+    assert check.rejects(scores).tolist() == [False, False, True]
+
+
+def test_saved_check_loads_identically_and_bytes_are_reproducible(tmp_path):
+    rng = np.random.default_rng(3)
+    train, labels = clusters(rng, 90)
+    check = fit_ood(train, labels, train, 0.99, "f" * 64)
+    check.save(tmp_path / "a" / "ood.npz")
+    check.save(tmp_path / "b.npz")
+    assert (tmp_path / "a" / "ood.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    loaded = OODCheck.load(tmp_path / "b.npz")
+    assert loaded.checkpoint_sha256 == "f" * 64 and loaded.threshold == check.threshold and loaded.quantile == 0.99
+    assert np.array_equal(loaded.score(train), check.score(train))
+
+
+def test_non_mri_images_are_grey_seeded_and_cover_every_kind():
+    first = non_mri_images(seed=5)
+    again = non_mri_images(seed=5)
+    kinds = {kind for kind, _, _ in first}
+    assert kinds == {"photo", "noise", "gradient", "screenshot", "chest_xray_like"}
+    assert len({name for _, name, _ in first}) == len(first)
+    for (_, _, image), (_, _, same) in zip(first, again):
+        assert image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) >= 64
+        assert np.array_equal(image, same)
+    other = {name: image for _, name, image in non_mri_images(seed=6)}
+    assert not np.array_equal(other["noise:0"], dict((n, i) for _, n, i in first)["noise:0"])
+
+
+def test_detection_summary_per_kind():
+    summary = detection_summary(["photo", "photo", "noise"], np.array([True, False, True]))
+    assert summary == {
+        "n": 3,
+        "detection_rate": pytest.approx(2 / 3, abs=1e-4),
+        "per_kind": {"noise": {"n": 1, "detection_rate": 1.0}, "photo": {"n": 2, "detection_rate": 0.5}},
+    }
