@@ -61,7 +61,7 @@ def save_checkpoint(
         "data_version": data_version,
         "extra": extra or {},
         "state_dict": state,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

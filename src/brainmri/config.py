@@ -116,6 +116,7 @@ class DedupConfig(_Strict):
     max_hamming: int = Field(40, ge=0, description="candidate pairs: pHash Hamming distance at most this")
     thumb_size: int = Field(32, ge=8, description="side of the grey thumbnails compared at pixel level")
     min_correlation: float = Field(0.97, ge=-1, le=1, description="candidates are duplicates at or above this")
+    frame_spread: float | None = Field(0.7, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image")
     conflicts: Literal["drop", "keep_majority"] = "drop"
 
 
@@ -162,8 +163,9 @@ class TrainConfig(_Strict):
     scheduler: Literal["onecycle", "cosine"] = Field("onecycle", description="per-step LR schedule; both warm up first")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine) or rise (one-cycle) length")
     class_weights: bool = Field(False, description="weight the training loss by inverse class frequency")
-    patience: int = Field(0, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
+    patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int = Field(0, ge=0, description="CPU threads for training; 0: os.cpu_count() (lower it on a shared machine)")
     num_workers: int = Field(0, ge=0, description="threads decoding images into the tensor cache; 0: one per core")
     cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
     resume: bool = Field(False, description="continue from out_dir/last.pt when it exists")
@@ -179,10 +181,45 @@ class TrainConfig(_Strict):
         return value
 
 
+class ExternalSetConfig(_Strict):
+    """A labelled folder or zip evaluated on its own (``evaluate.external``), after removing what train/val already hold.
+
+    ``labels`` maps a folder name inside it (the nearest enclosing one counts) to one of ``CLASSES``.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    path: Path
+    labels: dict[str, str]
+
+    @field_validator("labels")
+    @classmethod
+    def _classes_only(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(set(value.values()) - set(CLASSES))
+        if bad or not value:
+            raise ValueError(f"labels must map folder names to {', '.join(CLASSES)}; got {bad or 'none'}")
+        return value
+
+
 class EvaluateConfig(_Strict):
     out_dir: Path = Path("build/evaluate")
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals")
-    gradcam_per_class: int = Field(2, ge=0)
+    gradcam_per_class: int = Field(
+        2, ge=0, description="test images per class and outcome (correct, wrong) drawn for Grad-CAM overlays"
+    )
+    ood_quantile: float = Field(
+        0.99, gt=0.5, le=1, description="out-of-distribution threshold: this quantile of the val images' scores"
+    )
+    external: list[ExternalSetConfig] = Field(
+        [], description="extra labelled sets evaluated under their own names, minus near-duplicates of train/val"
+    )
+
+    @field_validator("external")
+    @classmethod
+    def _unique_names(cls, value: list[ExternalSetConfig]) -> list[ExternalSetConfig]:
+        names = [spec.name for spec in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"external set names must be unique, got {names}")
+        return value
 
 
 class Config(_Strict):

@@ -1,16 +1,19 @@
 """The training data path: a decoded tensor cache, batching, and batched augmentation.
 
-Decoding PNGs is the slowest part of a small-model epoch on CPU, so each image
-is decoded and resized once (``brainmri.preprocess.resize_grey``) into a
-uint8 ``[N, 1, S, S]`` ``.npy`` file that epochs memory-map. The file name is
+Decoding and resizing every PNG in every epoch would repeat the same work (at
+512 px it costs about as much as a small-CNN step), so each image is decoded
+and resized once (``brainmri.preprocess.resize_grey``) into a uint8
+``[N, 1, S, S]`` ``.npy`` file that epochs memory-map. The file name is
 a hash of the rows' paths, their pixel hashes and the image size: the same
 inputs reuse the file, any change builds a new one.
 
-Augmentation runs on uint8 image tensors with ``torchvision.transforms.v2``.
-v2 draws one set of random parameters per call, so a batch is augmented image
-by image (cheap next to a training step); the random state comes from a seed
-per batch, making every batch's augmentation a pure function of
-``(seed, epoch, step)``, independent of anything else that uses torch's RNG.
+Augmentation runs on float batches (already on the training device) with
+``torchvision.transforms.v2``. v2 draws one set of random parameters per
+call, so a batch is augmented image by image (about 1 ms an image at 96 px,
+small next to a training step; uint8 rotation is 30× slower, hence float).
+The random state comes from a seed per batch, making every batch's
+augmentation a pure function of ``(seed, epoch, step)``, independent of
+anything else that uses torch's RNG.
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def cached_images(
     resizing), then renames the finished file into place so a crash never
     leaves a partial cache under a valid name.
     """
+    shape = (len(table), 1, image_size, image_size)
+    if not len(table):
+        return np.zeros(shape, np.uint8)
     cache_dir = Path(cache_dir)
     target = cache_dir / f"images-{image_size}px-{cache_key(table, image_size)[:24]}.npy"
     if target.exists():
@@ -81,7 +87,6 @@ def cached_images(
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".npy", dir=cache_dir)
     os.close(handle)
     try:
-        shape = (len(table), 1, image_size, image_size)
         out = np.lib.format.open_memmap(temp_name, mode="w+", dtype=np.uint8, shape=shape)
         paths = [str(path) for path in table["path"]]
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
@@ -106,15 +111,15 @@ def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     return np.array([lookup[label] for label in labels], dtype=np.int64)
 
 
-def epoch_batches(num_images: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """A seeded shuffle cut into full batches (the remainder waits for the next epoch's shuffle).
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Full batches only: a ragged last batch would skew BatchNorm statistics (fewer images than a batch: one)."""
+    return max(1, num_images // batch_size)
 
-    Dropping the ragged last batch keeps BatchNorm statistics and the step
-    count stable; with fewer images than one batch, the one batch is them all.
-    """
+
+def epoch_batches(num_images: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """A seeded shuffle cut into ``steps_per_epoch`` batches; the remainder waits for the next epoch's shuffle."""
     order = np.random.default_rng([seed, epoch]).permutation(num_images)
-    steps = max(1, num_images // batch_size)
-    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
+    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps_per_epoch(num_images, batch_size))]
 
 
 def sequential_batches(num_images: int, batch_size: int) -> Iterator[slice]:
@@ -129,7 +134,7 @@ def batch_seed(seed: int, epoch: int, step: int) -> int:
 
 
 class BatchAugment:
-    """Training-time augmentation of uint8 ``[B, 1, S, S]`` batches, built from ``AugmentConfig``.
+    """Training-time augmentation of float ``[B, 1, S, S]`` batches in [0, 1], built from ``AugmentConfig``.
 
     Horizontal flips only (left/right is symmetric enough in axial brain
     slices; up/down is not), random resized crop (zoom in to ``scale_min`` of
@@ -154,4 +159,4 @@ class BatchAugment:
             return batch
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return torch.stack([self.transform(image) for image in batch])
+            return torch.stack([self.transform(image) for image in batch]).contiguous(memory_format=torch.channels_last)

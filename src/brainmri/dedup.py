@@ -172,7 +172,7 @@ def build_report(manifest: pd.DataFrame, pair_table: pd.DataFrame, conflicts: li
         "dropped_by_reason": {k: int(v) for k, v in sorted(Counter(manifest.loc[~manifest["kept"], "drop_reason"]).items())},
         "kept_per_class": {k: int(v) for k, v in sorted(Counter(kept["label"]).items())},
         "kept_per_source": {k: int(v) for k, v in sorted(Counter(kept["source"]).items())},
-        "thresholds": {"hash_size": cfg.hash_size, "max_hamming": cfg.max_hamming, "thumb_size": cfg.thumb_size, "min_correlation": cfg.min_correlation},
+        "thresholds": {"frame_spread": cfg.frame_spread, "hash_size": cfg.hash_size, "max_hamming": cfg.max_hamming, "thumb_size": cfg.thumb_size, "min_correlation": cfg.min_correlation},
     }
 
 
@@ -180,7 +180,7 @@ def deduplicate(manifest: pd.DataFrame, cfg: DedupConfig, source_order: list[str
     """Cluster duplicates in a merge manifest and mark one image per cluster as kept."""
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
     fingerprints = compute_fingerprints(
-        manifest["image_id"].tolist(), manifest["path"].tolist(), cfg.hash_size, cfg.thumb_size, workers
+        manifest["image_id"].tolist(), manifest["path"].tolist(), cfg.hash_size, cfg.thumb_size, workers, cfg.frame_spread
     )
     pairs = duplicate_pairs(manifest, fingerprints, cfg)
     manifest = manifest.assign(cluster_id=cluster_ids(len(manifest), pairs))

@@ -2,7 +2,8 @@
 
 The training and inference code is the same on every device; only the
 switches differ: on CUDA, bf16 autocast, cudnn autotuning and pinned host
-memory; on CPU, every core and deterministic algorithms. Both use
+memory; on CPU, ``train.num_threads`` threads (default: every core) and
+deterministic algorithms. Both use
 channels_last, which is what oneDNN and cuDNN convolutions are fastest with.
 """
 
@@ -49,8 +50,12 @@ class Runtime:
 
 
 @contextlib.contextmanager
-def runtime(device: torch.device, deterministic: bool = True) -> Iterator[Runtime]:
+def runtime(device: torch.device, threads: int = 0, deterministic: bool = True) -> Iterator[Runtime]:
     """Set the process-wide torch switches for ``device`` and restore them afterwards.
+
+    ``threads`` (CPU only; 0: every core): on a machine shared with other
+    jobs, fewer threads than cores is faster, since OpenMP threads that wait
+    for a descheduled sibling stall every operation.
 
     Restoring matters because tests and the evaluate stage share the process.
     Determinism is asked for on CPU only: on CUDA it would cost the cuDNN
@@ -64,7 +69,7 @@ def runtime(device: torch.device, deterministic: bool = True) -> Iterator[Runtim
     )
     try:
         if device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+            torch.set_num_threads(threads or os.cpu_count() or 1)
             torch.use_deterministic_algorithms(deterministic)
         else:
             torch.backends.cudnn.benchmark = True

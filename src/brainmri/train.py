@@ -24,7 +24,15 @@ from tqdm import tqdm
 
 from brainmri.checkpoint import read_checkpoint, save_checkpoint
 from brainmri.config import CLASSES, TrainConfig
-from brainmri.data import BatchAugment, batch_seed, cached_images, epoch_batches, label_indices, sequential_batches
+from brainmri.data import (
+    BatchAugment,
+    batch_seed,
+    cached_images,
+    epoch_batches,
+    label_indices,
+    sequential_batches,
+    steps_per_epoch,
+)
 from brainmri.device import Runtime, runtime, select_device
 from brainmri.models import build_model
 
@@ -61,24 +69,31 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return optimizers[cfg.optimizer](groups, lr=cfg.lr)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule peaking at ``cfg.lr`` after ``warmup_epochs``.
+ONE_CYCLE_START = 1 / 25
+"""One-cycle starts at lr/25 (fast.ai and torch's ``OneCycleLR`` default) and anneals to ~0."""
 
-    one-cycle: cosine rise from lr/25 and cosine fall to ~0 (with momentum
-    cycling), the fast choice for short runs; cosine: linear warm-up from 0,
-    then cosine decay to 0.
+
+def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
+    """The schedule's multiple of ``lr`` at ``step`` (0-based) of ``total``, peaking at 1 after ``warmup`` steps.
+
+    one-cycle: cosine rise from 1/25 to 1, then cosine fall to 0 (the LR
+    shape of Smith's one-cycle policy, without momentum cycling); the fast
+    choice for short runs. cosine: linear warm-up from 0, then cosine decay
+    to 0. Written as a plain function so tiny runs (a handful of steps,
+    where torch's ``OneCycleLR`` divides by zero) work too.
     """
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total)
+    if step < warmup:
+        if kind == "onecycle":
+            return ONE_CYCLE_START + (1 - ONE_CYCLE_START) * (1 - math.cos(math.pi * step / warmup)) / 2
+        return (step + 1) / (warmup + 1)
+    return (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup))) / 2
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step ``lr_factor`` schedule over ``cfg.epochs`` epochs of ``epoch_steps`` steps."""
+    total = cfg.epochs * epoch_steps
+    warmup = min(round(cfg.warmup_epochs * epoch_steps), total - 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg.scheduler, step, warmup, total))
 
 
 def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -95,8 +110,43 @@ def predict_logits(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size
     chunks = []
     for rows in sequential_batches(len(images), batch_size):
         with rt.autocast():
-            chunks.append(model(rt.to_device(torch.from_numpy(np.asarray(images[rows])))).float().cpu())
+            chunks.append(model(rt.to_device(torch.from_numpy(np.array(images[rows])))).float().cpu())
     return torch.cat(chunks)
+
+
+def _train_epoch(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    augment: BatchAugment,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    rt: Runtime,
+    cfg: TrainConfig,
+    seed: int,
+    epoch: int,
+) -> tuple[float, float, float, int]:
+    """One pass over a seeded shuffle; returns (mean loss, accuracy on augmented batches, last step's LR, images)."""
+    model.train()
+    loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
+    batches = epoch_batches(len(images), cfg.batch_size, seed, epoch)
+    for step, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)):
+        rows = np.sort(rows)  # ascending reads from the memory map; order within a batch does not matter
+        x = augment(rt.to_device(torch.from_numpy(images[rows])), batch_seed(seed, epoch, step))
+        y = torch.from_numpy(labels[rows]).to(rt.device, non_blocking=True)
+        with rt.autocast():
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return loss_sum / seen, correct / seen, lr, seen
 
 
 def _val_pass(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, batch_size: int) -> tuple[float, float]:
@@ -119,6 +169,16 @@ class _State:
         self.epochs_since_best = 0
         self.train_images = 0
         self.train_seconds = 0.0
+
+    def end_epoch(self, val_loss: float, val_accuracy: float) -> bool:
+        """Count the epoch; True when it has the lowest val loss so far."""
+        self.epoch += 1
+        if val_loss >= self.best_val_loss:
+            self.epochs_since_best += 1
+            return False
+        self.best_val_loss, self.best_epoch, self.best_val_accuracy = val_loss, self.epoch, val_accuracy
+        self.epochs_since_best = 0
+        return True
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -151,12 +211,11 @@ def train_model(
     cache_seconds = time.perf_counter() - started
 
     device = select_device(cfg.device)
-    with runtime(device) as rt:
+    with runtime(device, cfg.num_threads) as rt:
         _seed_everything(seed)
         model = build_model(cfg.model, len(classes), cfg.pretrained).to(device, memory_format=torch.channels_last)
         optimizer = make_optimizer(model, cfg)
-        steps_per_epoch = len(epoch_batches(len(train_rows), cfg.batch_size, seed, 0))
-        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(train_rows), cfg.batch_size))
         weights = _class_weights(train_labels, len(classes)).to(device) if cfg.class_weights else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         augment = BatchAugment(cfg.augment, cfg.image_size)
@@ -175,39 +234,22 @@ def train_model(
 
         with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) as live:
             while state.epoch < cfg.epochs and not _stop_early(state, cfg):
-                epoch = state.epoch
                 tick = time.perf_counter()
-                model.train()
-                loss_sum, correct, seen = 0.0, 0, 0
-                batches = epoch_batches(len(train_rows), cfg.batch_size, seed, epoch)
-                for step, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)):
-                    rows = np.sort(rows)  # ascending reads from the memory map; batch order does not matter
-                    x = rt.to_device(augment(torch.from_numpy(train_images[rows]), batch_seed(seed, epoch, step)))
-                    y = torch.from_numpy(train_labels[rows]).to(device, non_blocking=True)
-                    with rt.autocast():
-                        logits = model(x)
-                    loss = criterion(logits.float(), y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    loss_sum += loss.item() * len(y)
-                    correct += int((logits.argmax(1) == y).sum())
-                    seen += len(y)
+                train_loss, train_accuracy, lr, seen = _train_epoch(
+                    model, train_images, train_labels, augment, criterion, optimizer, scheduler, rt, cfg, seed, state.epoch
+                )
                 state.train_seconds += time.perf_counter() - tick
                 state.train_images += seen
-                lr = optimizer.param_groups[0]["lr"]
                 val_loss, val_accuracy = _val_pass(model, val_images, val_labels, rt, 2 * cfg.batch_size)
-                state.epoch += 1
-                improved = val_loss < state.best_val_loss
-                if improved:
-                    state.best_val_loss, state.best_epoch, state.best_val_accuracy = val_loss, state.epoch, val_accuracy
-                    state.epochs_since_best = 0
-                else:
-                    state.epochs_since_best += 1
-                epoch_metrics = {"train/loss": loss_sum / seen, "train/acc": correct / seen, "val/loss": val_loss, "val/acc": val_accuracy, "lr": lr}
+                improved = state.end_epoch(val_loss, val_accuracy)
+                epoch_metrics = {"train/loss": train_loss, "train/acc": train_accuracy, "val/loss": val_loss, "val/acc": val_accuracy, "lr": lr}
                 for name, value in epoch_metrics.items():
                     live.log_metric(name, value)
+                tqdm.write(
+                    f"epoch {state.epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.3f} "
+                    f"| val loss {val_loss:.4f} acc {val_accuracy:.3f} | lr {lr:.2e}"
+                    + (" *" if improved else "")
+                )
                 if improved:
                     save_checkpoint(best_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics})
                 save_checkpoint(last_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics, **_resume_state(optimizer, scheduler, state)})
@@ -225,7 +267,7 @@ def train_model(
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
-            for name in ("best_epoch", "best_val_loss", "train_images_per_s"):
+            for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
                 live.summary[name] = summary[name]
     return summary
 
@@ -234,7 +276,7 @@ def _stop_early(state: _State, cfg: TrainConfig) -> bool:
     return cfg.patience > 0 and state.epochs_since_best >= cfg.patience
 
 
-def _resume_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, state: _State) -> dict:
+def _resume_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, state: _State) -> dict:
     """Everything beyond the weights that a resumed run needs to continue bit-for-bit (the CPU RNG drives dropout)."""
     return {
         "optimizer": optimizer.state_dict(),
