@@ -31,17 +31,23 @@ from brainmri.train import make_optimizer, predict_logits, train_model
 
 
 def _timed(step, repeats: int) -> float:
-    """Seconds per call after two warm-up calls (oneDNN/cuDNN build their kernels on first use)."""
+    """Median seconds per call after two warm-up calls (oneDNN/cuDNN build kernels on first use).
+
+    The median, not the mean: on a shared machine single calls are sometimes
+    stalled by other jobs, and one stall would dominate a mean of a few calls.
+    """
     for _ in range(2):
         step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         step()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def model_rates(name: str, size: int, batch_size: int, repeats: int, rt) -> tuple[float, float]:
@@ -78,7 +84,7 @@ def synthetic_table(folder: Path, count: int, source_size: int = 256) -> pd.Data
 
 
 def loop_rate(name: str, size: int, batch_size: int, images: int, threads: int, folder: Path) -> float:
-    """Train images/s of ``train_model`` over two epochs (the second one without warm-up effects dominates)."""
+    """Train images/s of ``train_model`` over two epochs (first-step warm-up included, as in real runs)."""
     cfg = TrainConfig(
         model=name, image_size=size, batch_size=batch_size, epochs=2, num_threads=threads, cache_dir=folder / "cache"
     )
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps for the bare-model rates")
+    parser.add_argument("--repeats", type=int, default=9, help="timed steps for the bare-model rates")
     parser.add_argument("--images", type=int, default=256, help="images in the synthetic table for the loop rate")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
     args = parser.parse_args(argv)

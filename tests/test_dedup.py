@@ -7,7 +7,7 @@ from PIL import Image
 
 from brainmri.config import DedupConfig
 from brainmri.dedup import deduplicate, is_conflict, write_outputs
-from brainmri.features import hamming_pairs, pack_bits
+from brainmri.features import _chunk_plan, confirmed_pairs, core_frame, fingerprint, hamming_pairs, hamming_pairs_scan, pack_bits
 from conftest import blob_image, write_grey_png
 
 
@@ -86,13 +86,90 @@ def test_conflict_rule():
     assert not is_conflict({"glioma"})
 
 
-def test_blocked_popcount_matches_brute_force():
+def _packed(bits: np.ndarray) -> np.ndarray:
+    return np.stack([pack_bits(b) for b in bits])
+
+
+def _brute_force(bits: np.ndarray, radius: int) -> set:
+    n = len(bits)
+    return {(a, b) for a in range(n) for b in range(a + 1, n) if (bits[a] != bits[b]).sum() <= radius}
+
+
+def test_scan_matches_brute_force():
     rng = np.random.default_rng(1)
     bits = rng.random((300, 256)) < 0.5
     bits[1] = bits[0]
     bits[2, :250] = bits[0, :250]
-    packed = np.stack([pack_bits(b) for b in bits])
-    i, j, d = hamming_pairs(packed, 100, block=64)
-    brute = {(a, b) for a in range(300) for b in range(a + 1, 300) if (bits[a] != bits[b]).sum() <= 100}
-    assert set(zip(i.tolist(), j.tolist())) == brute
+    i, j, d = hamming_pairs_scan(_packed(bits), 100, block=64)
+    assert set(zip(i.tolist(), j.tolist())) == _brute_force(bits, 100)
     assert dict(zip(zip(i.tolist(), j.tolist()), d.tolist()))[(0, 1)] == 0
+
+
+@pytest.mark.parametrize(
+    "n, nbits, radius",
+    [(400, 64, 8), (400, 64, 0), (400, 64, 3), (300, 256, 40), (200, 100, 12), (60, 64, 64), (50, 16, 20)],
+)
+def test_index_returns_exactly_the_scan_pairs(n, nbits, radius):
+    """Random hashes with planted near copies (0..radius+2 bits apart), repeated hashes and constant
+    bits: the multi-index search must return the scan's pairs, distances and order, nothing more."""
+    rng = np.random.default_rng(n + nbits + radius)
+    bits = rng.random((n, nbits)) < 0.5
+    bits[:, :3] = [True, False, True]  # bits that never vary are left out of the substrings
+    for k in range(0, n // 2, 4):
+        bits[k + 1] = bits[k]
+        flips = rng.choice(nbits, min(nbits, int(rng.integers(0, radius + 3))), replace=False)
+        bits[k + 1, flips] ^= True
+    bits[n - 3 :] = bits[n - 4]  # a group of four identical hashes
+    hashes = _packed(bits)
+    got = hamming_pairs(hashes, radius)
+    want = hamming_pairs_scan(hashes, radius)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert set(zip(got[0].tolist(), got[1].tolist())) == _brute_force(bits, radius)
+
+
+def test_index_edge_cases():
+    hashes = _packed(np.random.default_rng(0).random((50, 64)) < 0.5)
+    small_batches = hamming_pairs(hashes, 30, batch=7)
+    for a, b in zip(small_batches, hamming_pairs_scan(hashes, 30)):
+        np.testing.assert_array_equal(a, b)
+    assert all(len(x) == 0 for x in hamming_pairs(hashes[:1], 8))
+    same = np.repeat(hashes[:1], 5, axis=0)
+    i, j, d = hamming_pairs(same, 0)
+    assert list(zip(i.tolist(), j.tolist())) == [(a, b) for a in range(5) for b in range(a + 1, 5)] and not d.any()
+
+
+def test_index_searches_a_million_like_hashes_without_all_pairs():
+    """The candidate plan for the working radius: 64-bit hashes at radius 8 are searched as 3 substrings
+    probed to 2 bits, not by comparing every pair."""
+    assert _chunk_plan(63, 8) == (3, 2)
+    assert _chunk_plan(64, 4) == (3, 1)
+    assert _chunk_plan(256, 32) == (11, 2)
+
+
+def test_confirmed_pairs_in_small_batches_match(planted):
+    _, prints = deduplicate(planted, DedupConfig(), source_order=["a", "b"], workers=1)
+    loose = DedupConfig(max_hamming=64)  # every pair is a candidate
+    whole = confirmed_pairs(prints, loose.max_hamming, 0.0)
+    for a, b in zip(confirmed_pairs(prints, loose.max_hamming, 0.0, batch=7), whole):
+        np.testing.assert_array_equal(a, b)
+    assert len(whole[0]) > 50 and (whole[3] >= 0).all()
+
+
+def test_core_frame_ignores_padding_and_stretching():
+    """A copy padded with black border, or squashed to another aspect ratio, has the same fingerprint."""
+    rng = np.random.default_rng(5)
+    pixels = np.zeros((160, 160), dtype=np.uint8)
+    pixels[16:144, 24:136] = blob_image(rng, 128)[:, 8:120]
+    image = Image.fromarray(pixels)
+    padded = Image.fromarray(np.pad(pixels, ((30, 10), (5, 45))))
+    squashed = image.resize((120, 160), Image.Resampling.BILINEAR)
+    hash_a, thumb_a = fingerprint(image, 8, 16, 0.8)
+    for copy in (padded, squashed):
+        hash_b, thumb_b = fingerprint(copy, 8, 16, 0.8)
+        assert np.bitwise_count(hash_a ^ hash_b).sum() <= 4
+        assert float(thumb_a @ thumb_b) > 0.97
+    # the whole-image frame sees the padding as a different picture
+    assert float(fingerprint(image, 8, 16, None)[1] @ fingerprint(padded, 8, 16, None)[1]) < 0.9
+    (left, top, right, bottom), background = core_frame(Image.fromarray(np.full((40, 60), 7, np.uint8)), 0.8)
+    assert (left, top, right, bottom) == (0.0, 0.0, 60.0, 40.0) and background == 7  # flat: the whole canvas

@@ -112,11 +112,11 @@ class MergeConfig(_Strict):
 
 class DedupConfig(_Strict):
     out_dir: Path = Path("build/dedup")
-    hash_size: int = Field(16, ge=4, description="pHash side; the hash has hash_size**2 bits")
-    max_hamming: int = Field(40, ge=0, description="candidate pairs: pHash Hamming distance at most this")
-    thumb_size: int = Field(32, ge=8, description="side of the grey thumbnails compared at pixel level")
-    min_correlation: float = Field(0.97, ge=-1, le=1, description="candidates are duplicates at or above this")
-    frame_spread: float | None = Field(0.7, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image")
+    frame_spread: float | None = Field(0.8, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image")
+    hash_size: int = Field(8, ge=4, description="pHash side; the hash has hash_size**2 bits")
+    max_hamming: int = Field(8, ge=0, description="candidate pairs: pHash Hamming distance at most this")
+    thumb_size: int = Field(16, ge=8, description="side of the grey thumbnails compared at pixel level")
+    min_correlation: float = Field(0.9, ge=-1, le=1, description="candidates are duplicates at or above this")
     conflicts: Literal["drop", "keep_majority"] = "drop"
 
 

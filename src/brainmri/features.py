@@ -256,7 +256,7 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int, batch: int = 4_000_000)
     if len(varying) == 0:  # all hashes equal: every pair, at distance 0
         i, j = np.triu_indices(n, k=1)
         return i.astype(np.int64), j.astype(np.int64), np.zeros(len(i), dtype=np.int32)
-    chunks, radius = _chunk_plan(len(varying), max_distance)
+    chunks, probe = _chunk_plan(len(varying), max_distance)
     positions = [varying[c::chunks] for c in range(chunks)]
     word_masks = []  # the bits of each substring, as masks over the packed words
     for pos in positions:
@@ -274,13 +274,13 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int, batch: int = 4_000_000)
         table = np.full(1 << len(pos), -1, dtype=np.int32)
         table[unique] = np.arange(len(unique), dtype=np.int32)
         groups = np.arange(len(unique))
-        for flips in range(radius + 1):
-            for bits in itertools.combinations(range(len(pos)), flips):
+        for flips in range(probe + 1):
+            for flipped in itertools.combinations(range(len(pos)), flips):
                 if flips == 0:
                     left = groups[counts > 1]
                     right = left
                 else:
-                    partner = table[unique ^ np.uint32(sum(1 << b for b in bits))]
+                    partner = table[unique ^ np.uint32(sum(1 << b for b in flipped))]
                     left = groups[partner > groups]  # each unordered group pair once
                     right = partner[left]
                 for a, b in _cross_pairs(order, first, counts, left, right, batch):
@@ -290,7 +290,7 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int, batch: int = 4_000_000)
                     distance = np.bitwise_count(xor).sum(axis=1, dtype=np.int32)
                     keep = distance <= max_distance
                     for earlier in word_masks[:c]:  # already reported by an earlier substring
-                        keep &= np.bitwise_count(xor & earlier).sum(axis=1) > radius
+                        keep &= np.bitwise_count(xor & earlier).sum(axis=1) > probe
                     found_i.append(np.minimum(a[keep], b[keep]))
                     found_j.append(np.maximum(a[keep], b[keep]))
                     found_d.append(distance[keep])
@@ -302,13 +302,18 @@ def hamming_pairs(hashes: np.ndarray, max_distance: int, batch: int = 4_000_000)
 
 
 def confirmed_pairs(
-    fingerprints: Fingerprints, max_hamming: int, min_correlation: float
+    fingerprints: Fingerprints, max_hamming: int, min_correlation: float, batch: int = 1 << 20
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Candidate pairs by pHash, kept where the thumbnails correlate at least ``min_correlation``.
 
-    Returns ``(i, j, hamming, correlation)`` arrays of the confirmed pairs.
+    Returns ``(i, j, hamming, correlation)`` arrays of the confirmed pairs. Correlations are computed
+    ``batch`` candidates at a time, so memory stays bounded however many candidates there are.
     """
     i, j, hamming = hamming_pairs(fingerprints.hashes, max_hamming)
-    correlation = np.einsum("ij,ij->i", fingerprints.thumbs[i], fingerprints.thumbs[j]) if len(i) else np.zeros(0)
+    thumbs = fingerprints.thumbs
+    correlation = np.concatenate(
+        [np.einsum("ij,ij->i", thumbs[i[k : k + batch]], thumbs[j[k : k + batch]]) for k in range(0, len(i), batch)]
+        or [np.zeros(0, dtype=np.float32)]
+    )
     keep = correlation >= min_correlation
     return i[keep], j[keep], hamming[keep], correlation[keep].astype(np.float32)
