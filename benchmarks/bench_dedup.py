@@ -10,7 +10,8 @@
    synthetic hashes, and the all-pairs scan where it is affordable (``--scan-up-to``). The synthetic
    hashes keep the structure of real ones: each is a real pHash from step 1 (a "template") with every
    bit flipped with probability ``--flip`` (so the per-bit biases of real hashes and clusters of
-   look-alike slices are kept: hashes from one template are ~20 bits apart instead of ~31), and 1% of
+   look-alike slices are kept: hashes from one template are ~16 bits apart instead of ~31; with the
+   default 0.15 the share of random pairs within 16 bits matches that of the real hashes), and 1% of
    them get a planted near copy (0 to radius bits flipped). The table checks that every planted pair
    is found and, where the scan ran, that the index returns exactly the scan's pairs. The distance
    distribution of random pairs is printed for the real and the synthetic hashes side by side.
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--workers", default=f"1,{os.cpu_count()}", help="comma-separated worker counts")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="synthetic hash counts for the pair search")
     parser.add_argument("--scan-up-to", type=int, default=100_000, help="also run the all-pairs scan up to this size")
-    parser.add_argument("--flip", type=float, default=0.2, help="bit-flip probability from template to synthetic hash")
+    parser.add_argument("--flip", type=float, default=0.15, help="bit-flip probability from template to synthetic hash")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cfg = load_config(args.params).dedup

@@ -12,7 +12,8 @@ is built from real images (read straight from the source archives):
   itself), so negatives are taken where that is known not to happen: inside
   the figshare set of Cheng et al. (one slice per file, 233 patients), as
   *adjacent* slices (consecutive file numbers of one class are usually
-  neighbouring slices of one patient's scan, the hardest honest negative),
+  neighbouring slices of one patient's scan, the hardest honest negative;
+  all of them are used),
   *look-alikes* (each image's nearest same-class neighbours by thumbnail
   correlation) and *random* pairs; plus random pairs of *different classes*
   inside the Kaggle set (same-class random pairs there turned out to include
@@ -243,6 +244,11 @@ def lookalike_pairs(thumbs: np.ndarray, classes: np.ndarray, queries: np.ndarray
     return pairs
 
 
+FIGSHARE_BLOCK = 100
+"""figshare files are numbered patient by patient; blocks of this many numbers split the set into two
+halves (even and odd blocks) that share (almost) no patient, for a calibration and a held-out set."""
+
+
 def build_pairs(
     figshare: Path,
     kaggle: Path,
@@ -253,25 +259,32 @@ def build_pairs(
     lookalikes: int = 2,
     random_pairs: int = 1000,
     workers: int | None = None,
+    half: int | None = None,
     exclude: frozenset[str] = frozenset(),
 ) -> pd.DataFrame:
     """The calibration pairs: columns ``a``, ``b`` (``ImageRef``), ``duplicate`` (bool), ``kind``
     (a transform family for positives; ``adjacent``, ``lookalike``, ``random`` for negatives).
 
     ``n_figshare`` + ``n_kaggle`` originals, sampled with ``seed``, each get one copy per family in
-    ``FAMILIES`` (two for ``combo``); members in ``exclude`` are not drawn as originals, so a held-out
-    set can be built that shares none with the set the thresholds were chosen on. Negatives are described in the module docstring; look-alikes are
-    the nearest neighbours by 32x32 thumbnail correlation under each of ``spreads`` (a core frame's
-    spread or ``None`` for the whole image), so they are hard for every setting measured.
+    ``FAMILIES`` (two for ``combo``). Negatives: *every* pair of consecutive figshare numbers in one
+    class folder (neighbouring slices are the false merges real data produces most, so all of them
+    are counted, not a sample); each figshare original's ``lookalikes`` nearest same-class neighbours
+    by 32x32 thumbnail correlation under each of ``spreads`` (a core frame's spread, or ``None``: the
+    whole image), so they are hard for every setting measured; ``random_pairs`` random figshare pairs
+    and as many random Kaggle pairs of different classes.
+
+    Held-out sets: with ``half`` 0 or 1 only the figshare files of even or odd ``FIGSHARE_BLOCK``s are
+    used (for originals and negatives alike), and Kaggle members in ``exclude`` are neither originals
+    nor in random pairs.
     """
     rng = np.random.default_rng(seed)
-    fig_members = image_members(figshare)
-    numbered = {figshare_number(m): m for m in fig_members if figshare_number(m)}
-    kag_members = image_members(kaggle)
-    fig_open = [i for i, m in enumerate(fig_members) if m not in exclude]
-    kag_open = [i for i, m in enumerate(kag_members) if m not in exclude]
-    fig_bases = sorted(rng.choice(fig_open, n_figshare, replace=False).tolist())
-    kag_bases = sorted(rng.choice(kag_open, n_kaggle, replace=False).tolist())
+    fig_members = [
+        m for m in image_members(figshare)
+        if figshare_number(m) and (half is None or figshare_number(m)[1] // FIGSHARE_BLOCK % 2 == half)
+    ]
+    kag_members = [m for m in image_members(kaggle) if m not in exclude]
+    fig_bases = sorted(rng.choice(len(fig_members), n_figshare, replace=False).tolist())
+    kag_bases = sorted(rng.choice(len(kag_members), n_kaggle, replace=False).tolist())
 
     rows = []
     bases = [(str(figshare), fig_members[i]) for i in fig_bases] + [(str(kaggle), kag_members[i]) for i in kag_bases]
@@ -281,14 +294,13 @@ def build_pairs(
             rows.append((original, ImageRef(archive, member, family, seed * 1_000_003 + b * 31 + v), True, family))
 
     fig_refs = [ImageRef(str(figshare), m) for m in fig_members]
-    position = {m: i for i, m in enumerate(fig_members)}
+    position = {figshare_number(m): i for i, m in enumerate(fig_members)}
     chosen: set[tuple[int, int]] = set()  # figshare negative pairs so far, so none is counted twice
-    for i in fig_bases:  # adjacent slices: the next file number in the same class folder
-        folder, number = figshare_number(fig_members[i])
-        neighbour = numbered.get((folder, number + 1))
-        if neighbour is not None:
-            chosen.add((min(i, position[neighbour]), max(i, position[neighbour])))
-            rows.append((fig_refs[i], fig_refs[position[neighbour]], False, "adjacent"))
+    for (folder, number), i in sorted(position.items()):  # adjacent slices: consecutive numbers, one folder
+        j = position.get((folder, number + 1))
+        if j is not None:
+            chosen.add((min(i, j), max(i, j)))
+            rows.append((fig_refs[i], fig_refs[j], False, "adjacent"))
 
     classes = np.array([m.split("/")[-2] for m in fig_members])
     prints = fingerprint_refs(fig_refs, [Setting(spread, 8, 32) for spread in spreads], workers)

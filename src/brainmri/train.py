@@ -167,8 +167,6 @@ class _State:
         self.best_epoch = 0
         self.best_val_accuracy = 0.0
         self.epochs_since_best = 0
-        self.train_images = 0
-        self.train_seconds = 0.0
 
     def end_epoch(self, val_loss: float, val_accuracy: float) -> bool:
         """Count the epoch; True when it has the lowest val loss so far."""
@@ -220,6 +218,7 @@ def train_model(
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         augment = BatchAugment(cfg.augment, cfg.image_size)
         state = _State()
+        train_images_seen, train_seconds = 0, 0.0  # throughput of this process only: kept out of checkpoints
         last_path, best_path = out_dir / "last.pt", out_dir / "model.pt"
         resuming = cfg.resume and last_path.exists()
         meta = dict(
@@ -238,8 +237,8 @@ def train_model(
                 train_loss, train_accuracy, lr, seen = _train_epoch(
                     model, train_images, train_labels, augment, criterion, optimizer, scheduler, rt, cfg, seed, state.epoch
                 )
-                state.train_seconds += time.perf_counter() - tick
-                state.train_images += seen
+                train_seconds += time.perf_counter() - tick
+                train_images_seen += seen
                 val_loss, val_accuracy = _val_pass(model, val_images, val_labels, rt, 2 * cfg.batch_size)
                 improved = state.end_epoch(val_loss, val_accuracy)
                 epoch_metrics = {"train/loss": train_loss, "train/acc": train_accuracy, "val/loss": val_loss, "val/acc": val_accuracy, "lr": lr}
@@ -263,7 +262,7 @@ def train_model(
                 "val_accuracy": round(state.best_val_accuracy, 5),
                 "train_images": len(train_rows),
                 "val_images": len(val_rows),
-                "train_images_per_s": round(state.train_images / max(state.train_seconds, 1e-9), 1),
+                "train_images_per_s": round(train_images_seen / max(train_seconds, 1e-9), 1),
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
