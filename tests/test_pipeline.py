@@ -114,3 +114,22 @@ def test_remote_round_trip(pipeline, tmp_path):
     run(["dvc", "remote", "modify", "--local", "local", "url", str(storage)], clone)
     run(["dvc", "pull", "-q"], clone)
     assert "Data and pipelines are up to date." in run(["dvc", "status"], clone)
+
+
+def test_pull_request_report_shows_real_differences(pipeline):
+    """Two commits of the demo (a changed learning rate): the report has params, metric diffs and plot PNGs."""
+    run(["dvc", "repro"], pipeline)
+    run(["git", "add", "-A"], pipeline)
+    run(["git", "commit", "-qm", "base", "--allow-empty"], pipeline)
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 3
+    (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], pipeline)
+    run(["brainmri", "report", "--base", "HEAD", "--out", "report.md"], pipeline)
+    report = (pipeline / "report.md").read_text()
+    assert "train.lr" in report
+    metric_rows = [line for line in report.splitlines() if line.startswith("| metrics/")]
+    assert any("test.accuracy" in row or "val.accuracy" in row or "val.loss" in row for row in metric_rows), report
+    images = sorted((pipeline / "report_plots").glob("*.png"))
+    assert len(images) >= 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in images)
+    assert all(f"report_plots/{p.name}" in report for p in images)
