@@ -10,9 +10,9 @@
    synthetic hashes, and the all-pairs scan where it is affordable (``--scan-up-to``). The synthetic
    hashes keep the structure of real ones: each is a real pHash from step 1 (a "template") with every
    bit flipped with probability ``--flip`` (so the per-bit biases of real hashes and clusters of
-   look-alike slices are kept: hashes from one template are ~16 bits apart instead of ~31; with the
-   default 0.15 the share of random pairs within 16 bits matches that of the real hashes), and 1% of
-   them get a planted near copy (0 to radius bits flipped). The table checks that every planted pair
+   look-alike slices are kept: hashes from one template are ~16 bits apart instead of ~31, so at 1M
+   hashes about 5e-4 of all pairs are within 16 bits, against 1e-3 in the real sample, whose share is
+   mostly its own copies), and 1% of them get a planted near copy (0 to radius bits flipped). The table checks that every planted pair
    is found and, where the scan ran, that the index returns exactly the scan's pairs. The distance
    distribution of random pairs is printed for the real and the synthetic hashes side by side.
 """

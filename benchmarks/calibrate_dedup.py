@@ -100,6 +100,11 @@ def main() -> None:
     parser.add_argument("--thumb-sizes", default="16,24,32,64")
     parser.add_argument("--min-precision", type=float, default=0.99)
     parser.add_argument("--min-recall", type=float, default=0.98)
+    parser.add_argument(
+        "--compare", default="none,16,40,32,0.97",
+        help="another rule to report on the calibration set: spread,hash_size,max_hamming,thumb_size,min_correlation "
+        "(default: the params before calibration, whole image)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--archives", action="store_true", help="also count duplicates in the four real archives")
     parser.add_argument("--out", type=Path, default=Path("metrics/dedup_calibration.json"))
@@ -123,12 +128,14 @@ def main() -> None:
     best = []
     for _, group in table.groupby(["frame", "hash_size", "thumb_size"], sort=True):
         row = choose(group, args.min_precision, args.min_recall)
+        precise = group[(group["precision"] >= args.min_precision) & (group["max_hamming"] <= index_radius_limit(int(row["hash_size"])))]
         best.append(
             {
                 "frame": row["frame"], "hash_size": int(row["hash_size"]), "thumb_size": int(row["thumb_size"]),
                 "max_hamming": int(row["max_hamming"]), "min_correlation": float(row["min_correlation"]),
                 "precision": round(float(row["precision"]), 4), "recall": round(float(row["recall"]), 4),
                 "margin": round(float(row["margin"]), 4),
+                "best_recall_at_min_precision": round(float(precise["recall"].max()), 4) if len(precise) else 0.0,
             }
         )
     best = pd.DataFrame(best)
@@ -148,6 +155,14 @@ def main() -> None:
         "thumb_size": int(chosen["thumb_size"]), "min_correlation": float(chosen["min_correlation"]),
     }
     print(f"CHOSEN {chosen_params}: calibration set {_measured(chosen)}")
+    spread, hash_size, radius, thumb_size, correlation = args.compare.split(",")
+    other = Setting(None if spread == "none" else float(spread), int(hash_size), int(thumb_size))
+    compared = table[
+        (table["frame"] == other.frame) & (table["hash_size"] == other.hash_size) & (table["thumb_size"] == other.thumb_size)
+        & (table["max_hamming"] == int(radius)) & np.isclose(table["min_correlation"], float(correlation))
+    ]
+    compared = _measured(compared.iloc[0]) if len(compared) else "not in the grid"
+    print(f"COMPARED {args.compare} (frame_spread,hash_size,max_hamming,thumb_size,min_correlation): calibration set {compared}")
     calibration_detail = breakdown(scores, chosen)
 
     # 2. a held-out set: other patients and originals, look-alikes picked for the chosen setting; thresholds fixed
@@ -170,6 +185,7 @@ def main() -> None:
         ),
         "targets": {"precision": args.min_precision, "recall": args.min_recall},
         "chosen": chosen_params,
+        "compared": {"rule": args.compare, "calibration_set": compared},
         "held_out": {"seed": args.seed + 1, **_measured(held), **held_detail, "pairs_by_kind": held_scores.groupby("kind").size().to_dict()},
         "calibration": {
             "seed": args.seed, **_measured(chosen), **calibration_detail,

@@ -47,11 +47,11 @@ from .config import DedupConfig, MergeConfig
 from .dedup import cluster_ids, duplicate_pairs
 from .features import Fingerprints, core_frame, phash_bits, thumbnail
 from .imaging import BadImage, decode_image, pixel_sha256
+from .sources.image_folder import IMAGE_SUFFIXES
 
 FAMILIES = ("resize", "jpeg", "rgb", "intensity", "crop", "combo")
 """The transform families of the positives; ``transform`` documents each one's parameter ranges."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 # --- known-duplicate transforms -------------------------------------------------------------------
@@ -139,19 +139,24 @@ class ImageRef:
 
 
 def image_members(archive: Path) -> list[str]:
-    """The image members of a zip archive, sorted."""
+    """The image members of a zip archive, sorted; like the merge stage, none in hidden folders
+    (the Kaggle zip holds a Jupyter ``.ipynb_checkpoints`` copy)."""
     with zipfile.ZipFile(archive) as zipped:
-        return sorted(n for n in zipped.namelist() if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(
+            n for n in zipped.namelist()
+            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in PurePosixPath(n).parts)
+        )
 
 
 @functools.lru_cache(maxsize=8)
-def _open_zip(archive: str) -> zipfile.ZipFile:
+def _open_zip(archive: str, pid: int) -> zipfile.ZipFile:
+    """One open archive per process (``pid``): a forked worker must not share its parent's file offset."""
     return zipfile.ZipFile(archive)
 
 
 def read_grey(archive: str, member: str) -> Image.Image:
     """Decode an archive member to 8-bit grey exactly as the merge stage does (``brainmri.imaging``)."""
-    return Image.fromarray(decode_image(_open_zip(archive).read(member), member, MergeConfig()))
+    return Image.fromarray(decode_image(_open_zip(archive, os.getpid()).read(member), member, MergeConfig()))
 
 
 def render(ref: ImageRef, original: Image.Image) -> Image.Image:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -25,10 +24,11 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated pa
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from .download import DownloadError
+    from .dvc_run import DvcError
     from .fetch import FetchError
     from .split import LeakageError
 
-    return (ConfigError, FetchError, DownloadError, LeakageError, FileNotFoundError)
+    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, FileNotFoundError)
 
 
 def _reports_errors(command):
@@ -226,12 +226,12 @@ def demo(params: ParamsOption = Path("params.yaml")) -> None:
     Creates data/ if missing (the folder of hand-supplied archives that data.dvc tracks). Writes everything
     the stages write; ends with `dvc metrics show`.
     """
+    from .dvc_run import run_dvc
+
     load_config(params)  # fail on bad params before any work
     Path("data").mkdir(exist_ok=True)
-    for command in (["dvc", "repro"], ["dvc", "metrics", "show"]):
-        typer.echo("$ " + " ".join(command))
-        if subprocess.run(command, check=False).returncode != 0:
-            typer.echo(f"error: {' '.join(command)} failed", err=True)
-            raise typer.Exit(1)
+    for args in (["repro"], ["metrics", "show"]):
+        typer.echo("$ dvc " + " ".join(args))
+        run_dvc(Path("."), *args, capture=False)
     typer.echo("Plots: run `dvc plots show` and open dvc_plots/index.html; figures are in build/evaluate/.")
 

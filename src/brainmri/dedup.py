@@ -1,8 +1,12 @@
 """Dedup stage: cluster exact and near-duplicate images and keep one image per cluster.
 
 Two images are duplicates when their decoded pixels are identical (same
-``sha256``) or when their pHashes are close *and* their grey thumbnails
-correlate above ``dedup.min_correlation`` (see ``brainmri.features``).
+``sha256``) or when the pHashes of their core frames are within
+``dedup.max_hamming`` bits *and* their grey thumbnails correlate at least
+``dedup.min_correlation`` (see ``brainmri.features``; the thresholds and their
+measured precision and recall on real images are in ``DedupConfig`` and
+``metrics/dedup_calibration.json``). The candidate pairs come from an index
+(``features.hamming_pairs``), not from comparing every pair.
 Duplicate pairs are joined into clusters (connected components), so a chain of
 re-encoded copies ends up in one cluster even if its ends differ more.
 

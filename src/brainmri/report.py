@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
-
-def _dvc(repo: Path, *args: str) -> str:
-    result = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip()[-500:]}")
-    return result.stdout
+from .dvc_run import run_dvc
 
 
 def _slug(text: str) -> str:
@@ -31,7 +25,7 @@ def render_plots(repo: Path, base: str, images_dir: Path) -> list[tuple[str, Pat
     import vl_convert
 
     images_dir.mkdir(parents=True, exist_ok=True)
-    specs = json.loads(_dvc(repo, "plots", "diff", base, "--json"))
+    specs = json.loads(run_dvc(repo, "plots", "diff", base, "--json"))
     rendered = []
     for plot_id, entries in specs.get("data", specs).items():
         for number, entry in enumerate(entries):
@@ -47,8 +41,8 @@ def render_plots(repo: Path, base: str, images_dir: Path) -> list[tuple[str, Pat
 
 def write_report(repo: Path, base: str, out: Path) -> Path:
     """Write the Markdown report comparing the workspace with ``base``; images go beside it."""
-    params = _dvc(repo, "params", "diff", base, "--md").strip() or "No params changed."
-    metrics = _dvc(repo, "metrics", "diff", base, "--md", "--precision", "4").strip() or "No metrics changed."
+    params = run_dvc(repo, "params", "diff", base, "--md").strip() or "No params changed."
+    metrics = run_dvc(repo, "metrics", "diff", base, "--md", "--precision", "4").strip() or "No metrics changed."
     plots = render_plots(repo, base, out.parent / "report_plots")
     lines = [f"# Pipeline report: workspace vs `{base}`", "", "## Params", "", params, "", "## Metrics", "", metrics, "", "## Plots", ""]
     for title, path in plots:

@@ -12,11 +12,12 @@ nothing to do and ``dvc status`` must be clean.
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from .dvc_run import run_dvc
 
 UP_TO_DATE = "Data and pipelines are up to date."
 
@@ -72,27 +73,20 @@ def compare(stage: str, before: dict[str, str], after: dict[str, str]) -> StageC
     )
 
 
-def _dvc(repo: Path, *args: str) -> str:
-    result = subprocess.run(["dvc", *args], cwd=repo, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}")
-    return result.stdout
-
-
 def check_reproducibility(repo: Path, echo=print) -> bool:
     """Run the pipeline, rerun each stage from its inputs and compare; print one line per check."""
-    _dvc(repo, "repro")
+    run_dvc(repo, "repro")
     ok = True
     for stage, paths in pipeline_stages(repo).items():
         before = snapshot(paths, repo)
-        _dvc(repo, "repro", "--force", "--single-item", stage)
+        run_dvc(repo, "repro", "--force", "--single-item", stage)
         check = compare(stage, before, snapshot(paths, repo))
         echo(check.line())
         ok &= check.reproduced
-    again = _dvc(repo, "repro")
+    again = run_dvc(repo, "repro")
     nothing_to_do = UP_TO_DATE in again and "Running stage" not in again
     echo("dvc repro again: " + ("nothing to do" if nothing_to_do else "RAN STAGES"))
-    status = _dvc(repo, "status")
+    status = run_dvc(repo, "status")
     clean = UP_TO_DATE in status
     echo("dvc status: " + ("clean" if clean else "NOT CLEAN: " + " ".join(status.split())[:300]))
     return ok and nothing_to_do and clean
