@@ -91,8 +91,8 @@ def _measured(table_row: pd.Series) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirror", type=Path, default=Path("../shared/datasets"))
-    parser.add_argument("--figshare", type=int, default=200, help="figshare originals (each gets 7 copies)")
-    parser.add_argument("--kaggle", type=int, default=150, help="Kaggle originals (each gets 7 copies)")
+    parser.add_argument("--figshare", type=int, default=300, help="figshare originals (each gets 7 copies)")
+    parser.add_argument("--kaggle", type=int, default=300, help="Kaggle originals (each gets 7 copies)")
     parser.add_argument("--random-pairs", type=int, default=1000, help="random negatives per archive")
     parser.add_argument("--seed", type=int, default=0, help="the calibration set's; the held-out set uses seed + 1")
     parser.add_argument("--spreads", default="none,0.6,0.7,0.8,1.0", help="core frame spreads to try; none: the whole image")
