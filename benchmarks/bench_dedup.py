@@ -96,7 +96,7 @@ def main() -> None:
         print("| fingerprinting real images | workers | images | seconds | images/s |\n|---|---:|---:|---:|---:|")
         for workers in (int(w) for w in args.workers.split(",")):
             started = time.perf_counter()
-            prints = compute_fingerprints(paths, paths, cfg.hash_size, cfg.thumb_size, workers, cfg.frame_spread)
+            prints = compute_fingerprints(paths, paths, cfg.hash_size, cfg.thumb_size, workers, frame_spread=cfg.frame_spread)
             seconds = time.perf_counter() - started
             print(f"| pHash + thumbnail (core frame) | {workers} | {len(paths)} | {seconds:.1f} | {len(paths) / seconds:.0f} |")
     templates = prints.hashes

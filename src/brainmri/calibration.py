@@ -18,14 +18,17 @@ is built from real images (read straight from the source archives):
   correlation) and *random* pairs; plus random pairs of *different classes*
   inside the Kaggle set (same-class random pairs there turned out to include
   contrast-changed copies of one slice; a copy with another label is rare).
-  The hardest negatives are reported by name so they can be checked by eye.
+  The hardest negatives are reported by name so they can be checked by eye
+  (those checked were distinct neighbouring slices, not copies).
 
 Every image of the set is fingerprinted once per setting (frame, hash size,
 thumbnail size) with the same functions the dedup stage uses
 (``brainmri.features``); the decision is then swept over a grid of Hamming
-and correlation thresholds (``sweep``) and the best setting is picked under
-the precision target and the radius the pair index can search fast
-(``choose``). ``benchmarks/calibrate_dedup.py`` runs it and writes the table.
+and correlation thresholds (``sweep``), and the setting that clears the
+precision and recall targets by the widest margin, at a radius the pair index
+searches fast, is picked (``choose``). ``benchmarks/calibrate_dedup.py``
+chooses on one half of the figshare patients and measures the choice on the
+other half (``build_pairs(half=...)``), and writes the table.
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ def deduplicate(manifest: pd.DataFrame, cfg: DedupConfig, source_order: list[str
     """Cluster duplicates in a merge manifest and mark one image per cluster as kept."""
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
     fingerprints = compute_fingerprints(
-        manifest["image_id"].tolist(), manifest["path"].tolist(), cfg.hash_size, cfg.thumb_size, workers, cfg.frame_spread
+        manifest["image_id"].tolist(), manifest["path"].tolist(), cfg.hash_size, cfg.thumb_size, workers, frame_spread=cfg.frame_spread
     )
     pairs = duplicate_pairs(manifest, fingerprints, cfg)
     manifest = manifest.assign(cluster_id=cluster_ids(len(manifest), pairs))

@@ -164,10 +164,12 @@ def compute_fingerprints(
     hash_size: int,
     thumb_size: int,
     workers: int | None = None,
-    frame_spread: float | None = None,
+    *,
+    frame_spread: float | None,
 ) -> Fingerprints:
-    """Fingerprint every image from its core frame (``frame_spread``; ``None``: the whole image);
-    ``workers`` processes (default: all cores), order preserved."""
+    """Fingerprint every image from its core frame (``frame_spread``, required so that no caller
+    silently fingerprints differently from the dedup stage; ``None``: the whole image); ``workers``
+    processes (default: all cores), order preserved."""
     workers = workers or os.cpu_count() or 1
     jobs = [(str(path), hash_size, thumb_size, frame_spread) for path in paths]
     words = -(-hash_size * hash_size // 64)
