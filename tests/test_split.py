@@ -75,9 +75,9 @@ def test_audit_catches_a_deliberately_leaked_split(deduped):
 
 def test_similar_slices_are_grouped(deduped, tmp_path):
     manifest, prints = deduped
-    every_pair = DedupConfig(max_hamming=256)
-    _, loose = make_split(manifest, prints, every_pair, SplitConfig(group_correlation=0.0), seed=1)
-    _, strict = make_split(manifest, prints, every_pair, SplitConfig(group_correlation=None), seed=1)
+    every_pair = dict(group_max_hamming=prints.hashes.shape[1] * 64)
+    _, loose = make_split(manifest, prints, DedupConfig(), SplitConfig(group_correlation=0.0, **every_pair), seed=1)
+    _, strict = make_split(manifest, prints, DedupConfig(), SplitConfig(group_correlation=None, **every_pair), seed=1)
     # 40 patients of 3 + 80 singles = 120 groups without similarity links; positive correlation links merge many
     assert strict["groups"] == 120
     assert loose["groups"] < 60

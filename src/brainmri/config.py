@@ -149,9 +149,18 @@ class SplitConfig(_Strict):
     val: float = Field(0.15, gt=0, lt=1)
     test: float = Field(0.15, gt=0, lt=1)
     group_by_patient: bool = True
+    group_max_hamming: int = Field(16, ge=0, description="pHash radius of the similar-slice links (wider than dedup's)")
     group_correlation: float | None = Field(
-        0.95, ge=-1, le=1, description="also keep kept images this similar (thumbnail correlation) in one split; null: off"
+        0.8,
+        ge=-1,
+        le=1,
+        description=(
+            "kept images this similar (core-frame thumbnail correlation, within group_max_hamming) stay in one "
+            "split; null: off. Measured on the real mirror: 0.8 at radius 16 links no two images of different "
+            "labels and keeps groups small (largest 25), 0.7 chains 337 images into one group"
+        ),
     )
+
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> "SplitConfig":

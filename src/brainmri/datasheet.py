@@ -63,7 +63,7 @@ def write_datasheet(
         _table(sizes),
         "",
         f"Grouped by patient: {cfg.split.group_by_patient}; similar-slice grouping at correlation "
-        f"{cfg.split.group_correlation}. Leakage audit: {split_report['leakage']['cross_split_duplicate_pairs']} duplicate "
+        f"{cfg.split.group_correlation} within pHash radius {cfg.split.group_max_hamming}. Leakage audit: {split_report['leakage']['cross_split_duplicate_pairs']} duplicate "
         f"pairs and {split_report['leakage']['patients_in_several_splits']} patients across splits.",
         "",
         "## Known caveats",

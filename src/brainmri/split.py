@@ -4,8 +4,12 @@ Only images the dedup stage kept, with one of the four classes, are split
 (``tumor_unknown`` cannot be a training label). Images are grouped so that a
 group never straddles two splits: one group per patient (where the source has
 patient ids) joined with every pair of kept images whose thumbnails still
-correlate at ``split.group_correlation`` (neighbouring slices of one scan
-that dedup rightly kept apart but that would leak anatomy across splits).
+correlate at ``split.group_correlation`` within the looser pHash radius
+``split.group_max_hamming`` (neighbouring slices of one scan that dedup
+rightly kept apart but that would leak anatomy across splits). This catches
+only part of the neighbours (on the real figshare JPEGs, which carry no
+patient id, about one consecutive file pair in eight); patient ids, where a
+source has them, are the reliable grouping.
 Groups are then assigned greedily, largest first, to the split whose class
 counts are furthest below their targets, which keeps class proportions close
 to the whole. The order of equally sized groups comes from the seed.
@@ -49,7 +53,7 @@ def grouping(table: pd.DataFrame, fingerprints: Fingerprints, dedup: DedupConfig
             links_a += [rows.iloc[0]] * (len(rows) - 1)
             links_b += rows.iloc[1:].tolist()
     if cfg.group_correlation is not None and n:
-        i, j, _, _ = confirmed_pairs(fingerprints, dedup.max_hamming, cfg.group_correlation)
+        i, j, _, _ = confirmed_pairs(fingerprints, cfg.group_max_hamming, cfg.group_correlation)
         links_a += i.tolist()
         links_b += j.tolist()
     graph = coo_matrix((np.ones(len(links_a)), (links_a, links_b)), shape=(n, n))
