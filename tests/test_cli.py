@@ -34,3 +34,29 @@ def test_missing_archive_is_one_actionable_line(tmp_path, params, monkeypatch):
     result = runner.invoke(app, ["fetch"])
     assert result.exit_code == 1
     assert "figshare-cheng2017-jpg.zip not found in data" in result.output
+
+
+def test_kaggle_without_token_says_which_zip_to_download_and_where(tmp_path, params, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    params["source_sets"]["only_sartaj"] = ["sartaj"]
+    params["fetch"].update(source_set="only_sartaj", mirrors=[], out_dir=str(tmp_path / "raw"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["fetch"])
+    assert result.exit_code == 1
+    line = result.output.strip()
+    assert "sartajbhuvaji/brain-tumor-classification-mri needs an API token" in line
+    assert "save it as data/brain-tumor-classification-mri.zip" in line
+
+
+def test_source_without_url_says_where_to_download_by_hand(tmp_path, params, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params["source_sets"]["only_figshare"] = ["figshare"]
+    params["fetch"].update(source_set="only_figshare", mirrors=[], out_dir=str(tmp_path / "raw"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["fetch"])
+    assert result.exit_code == 1
+    assert "brainTumorDataPublic_1-766.zip not found" in result.output
+    assert "figshare.com/articles/dataset/brain_tumor_dataset/1512427/5" in result.output

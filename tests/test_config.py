@@ -49,3 +49,12 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_public_set_declares_the_original_sources(params):
+    params["fetch"]["source_set"] = "public"
+    cfg = parse_config(params)
+    figshare = cfg.active_sources()["figshare"]
+    assert figshare.format == "figshare_mat" and len(figshare.files) == 4
+    assert all(len(f.md5) == 32 for f in figshare.files)
+    assert cfg.active_sources()["sartaj"].files[0].kaggle == "sartajbhuvaji/brain-tumor-classification-mri"

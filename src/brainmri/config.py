@@ -56,6 +56,7 @@ class SourceConfig(_Strict):
     synthetic: str | None = None
     licence: str = "unknown"
     description: str = ""
+    homepage: str | None = Field(None, description="where a person downloads the files by hand")
 
     @field_validator("format")
     @classmethod

@@ -100,7 +100,8 @@ def fetch_file(
         origin = f"kaggle:{spec.kaggle}"
     if origin is None:
         places = ", ".join(str(p) for p in [cfg.data_dir, *cfg.mirrors])
-        raise FetchError(f"{source_name}: {spec.name} not found in {places} and the source has no URL or Kaggle slug")
+        by_hand = f"; download it from {source.homepage} and save it as {cfg.data_dir / spec.name}" if source.homepage else ""
+        raise FetchError(f"{source_name}: {spec.name} not found in {places} and the source has no URL or Kaggle slug{by_hand}")
     return FetchedFile(source_name, spec.name, str(target), origin, file_digest(target, "sha256"), target.stat().st_size)
 
 
