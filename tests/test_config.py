@@ -58,3 +58,11 @@ def test_public_set_declares_the_original_sources(params):
     assert figshare.format == "figshare_mat" and len(figshare.files) == 4
     assert all(len(f.md5) == 32 for f in figshare.files)
     assert cfg.active_sources()["sartaj"].files[0].kaggle == "sartajbhuvaji/brain-tumor-classification-mri"
+
+
+def test_holdout_source_must_be_active(params):
+    params["split"]["holdout_source"] = "kaggle_combined"
+    with pytest.raises(ConfigError, match="is not in source set 'demo'"):
+        parse_config(params)
+    params["split"]["holdout_source"] = "demo_br35h"
+    assert parse_config(params).split.holdout_source == "demo_br35h"

@@ -81,3 +81,22 @@ def test_similar_slices_are_grouped(deduped, tmp_path):
     # 40 patients of 3 + 80 singles = 120 groups without similarity links; positive correlation links merge many
     assert strict["groups"] == 120
     assert loose["groups"] < 60
+
+
+def test_grouped_stratified_folds(deduped):
+    manifest, prints = deduped
+    table, report = make_split(manifest, prints, DedupConfig(), SplitConfig(folds=4), seed=3)
+    assert (table.loc[table.split == "test", "fold"] == -1).all()
+    folds = table.loc[table.split != "test", "fold"]
+    assert sorted(folds.unique()) == [0, 1, 2, 3]
+    assert (table[table.split != "test"].groupby("group")["fold"].nunique() == 1).all()
+    assert max(report["folds"].values()) - min(v for k, v in report["folds"].items() if k >= 0) < 20
+
+
+def test_leave_one_source_out(deduped):
+    manifest, prints = deduped
+    table, report = make_split(manifest, prints, DedupConfig(), SplitConfig(holdout_source="t"), seed=3)
+    assert (table.loc[table.source == "t", "split"] == "test").all()
+    touching = table.groupby("group")["source"].transform(lambda s: (s == "t").any())
+    assert (table.loc[~touching, "split"] != "test").all()  # only groups with a held-out image join it
+    assert report["sizes"]["val"] > 0 and report["leakage"]["patients_in_several_splits"] == 0

@@ -16,6 +16,7 @@ import brainmri.train as train
 from brainmri.checkpoint import load_checkpoint, read_checkpoint
 from brainmri.config import AugmentConfig, TrainConfig
 from brainmri.data import BatchAugment, cached_images
+from brainmri.models import build_model
 from brainmri.train import make_optimizer, make_scheduler, train_model
 
 CLASSES = ["disc", "square"]
@@ -179,7 +180,7 @@ def test_augmentation_never_flips_vertically():
 @pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
 def test_schedules_peak_at_lr_and_end_near_zero(tmp_path, scheduler):
     cfg = tiny_config(tmp_path, scheduler=scheduler, epochs=4, warmup_epochs=1, lr=0.01)
-    optimizer = make_optimizer(torch.nn.Linear(2, 2), cfg)
+    optimizer = make_optimizer(build_model("small_cnn", 2, pretrained=False), cfg)
     schedule = make_scheduler(optimizer, cfg, epoch_steps=10)
     rates = []
     for _ in range(40):
@@ -188,3 +189,86 @@ def test_schedules_peak_at_lr_and_end_near_zero(tmp_path, scheduler):
         schedule.step()
     assert max(rates) == pytest.approx(0.01, rel=0.05) and 8 <= int(np.argmax(rates)) <= 11
     assert rates[-1] < 0.001 and rates[0] < 0.005
+
+
+def test_step_schedule_multiplies_by_gamma_every_step_epochs(tmp_path):
+    cfg = tiny_config(tmp_path, scheduler="step", epochs=6, warmup_epochs=0, lr=0.01, lr_step_epochs=2, lr_gamma=0.5)
+    optimizer = make_optimizer(build_model("small_cnn", 2, pretrained=False), cfg)
+    schedule = make_scheduler(optimizer, cfg, epoch_steps=10)
+    rates = []
+    for _ in range(60):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[::20] == pytest.approx([0.01, 0.005, 0.0025]) and rates[19] == pytest.approx(0.01)
+
+
+def test_plateau_schedule_reduces_after_patience_epochs_and_survives_a_resume(tmp_path):
+    cfg = tiny_config(tmp_path, scheduler="plateau", epochs=8, warmup_epochs=0, lr=0.01, plateau_patience=1, lr_gamma=0.1)
+    model = build_model("small_cnn", 2, pretrained=False)
+    optimizer = make_optimizer(model, cfg)
+    schedule = make_scheduler(optimizer, cfg, epoch_steps=2)
+    rates = []
+    for val_loss in [1.0, 0.9, 0.95, 0.92, 0.91, 0.99]:  # epochs 3 and 4 do not beat 0.9: reduce after epoch 4
+        for _ in range(2):
+            optimizer.step()
+            schedule.step()
+        train.end_epoch_schedule(schedule, val_loss)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001, 0.0001])
+    resumed = make_scheduler(make_optimizer(model, cfg), cfg, epoch_steps=2)
+    resumed.load_state_dict(schedule.state_dict())
+    factor = resumed.lr_lambdas[0]
+    assert (factor.reduction, factor.best_val_loss, factor.bad_epochs) == pytest.approx((0.01, 0.9, 0))
+
+
+def test_trunk_trains_at_the_fine_tuning_factor_of_the_head_lr(tmp_path):
+    model = build_model("small_cnn", 2, pretrained=False)
+    optimizer = make_optimizer(model, tiny_config(tmp_path, lr=0.01, finetune_lr_factor=0.1))
+    head = {id(p) for p in model.head.parameters()}
+    for group in optimizer.param_groups:
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1 and group["lr"] == pytest.approx(0.01 if in_head.pop() else 0.001)
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_two_phase_fine_tuning_freezes_the_trunk_then_unfreezes_the_last_blocks(tmp_path, monkeypatch):
+    """Epoch 1 trains the head only; epoch 2 the head and the last block; earlier blocks never move."""
+    table = make_table(tmp_path / "images", {"train": 8, "val": 2})
+    real_train_epoch, snapshots = train._train_epoch, []
+
+    def snapshot(model):
+        return [[p.detach().clone() for p in module.parameters()] for module in [*model.blocks, model.head]]
+
+    def spy(model, *args):
+        if not snapshots:
+            snapshots.append(snapshot(model))
+        result = real_train_epoch(model, *args)
+        snapshots.append(snapshot(model))
+        return result
+
+    monkeypatch.setattr(train, "_train_epoch", spy)
+    cfg = tiny_config(tmp_path, epochs=2, freeze_epochs=1, unfreeze_blocks=1, finetune_lr_factor=0.1, patience=0)
+    run(table, cfg, tmp_path)
+
+    def moved(before, after):
+        return [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(before, after)]
+
+    initial, phase1, phase2 = snapshots
+    assert moved(initial, phase1) == [False] * (len(initial) - 1) + [True]
+    assert moved(phase1, phase2) == [False] * (len(initial) - 2) + [True, True]
+    with pytest.raises(ValueError, match="freeze_epochs"):
+        tiny_config(tmp_path, epochs=2, freeze_epochs=2)
+
+
+def test_blur_and_noise_augmentation_are_seeded_and_off_by_default():
+    assert (AugmentConfig().blur_sigma, AugmentConfig().noise_std) == (0, 0)
+    plain = AugmentConfig(hflip=False, rotation_degrees=0, scale_min=1, brightness=0, contrast=0)
+    batch = torch.rand(4, 1, 16, 16)
+    for change in ({"blur_sigma": 1.5}, {"noise_std": 0.1}):
+        augment = BatchAugment(plain.model_copy(update=change), 16)
+        a, b = augment(batch, seed=1), augment(batch, seed=1)
+        assert torch.equal(a, b) and not torch.equal(a, batch)
+        assert a.shape == batch.shape and 0 <= a.min() and a.max() <= 1
+    blurred = BatchAugment(plain.model_copy(update={"blur_sigma": 1.5}), 16)(batch, seed=1)
+    assert blurred.std() < batch.std()  # smoothing lowers the variance of white noise

@@ -21,7 +21,17 @@ EXTRA_LABELS: tuple[str, ...] = ("tumor_unknown",)
 
 SOURCE_FORMATS = ("figshare_mat", "image_folder")
 SYNTHETIC_KINDS = ("figshare", "kaggle", "sartaj", "br35h")
-MODEL_NAMES = ("small_cnn", "efficientnet_lite0")
+MODEL_NAMES = (
+    "small_cnn",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vgg16",
+)
 
 
 class ConfigError(ValueError):
@@ -161,7 +171,10 @@ class SplitConfig(_Strict):
             "labels and keeps groups small (largest 25), 0.7 chains 337 images into one group"
         ),
     )
-
+    folds: int = Field(0, ge=0, description="also assign train+val rows to this many grouped, stratified folds; 0: off")
+    holdout_source: str | None = Field(
+        None, description="leave-one-source-out: every image of this source is the test set, the rest train/val"
+    )
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> "SplitConfig":
@@ -179,6 +192,11 @@ class AugmentConfig(_Strict):
     scale_min: float = Field(0.85, gt=0, le=1)
     brightness: float = Field(0.2, ge=0, le=1)
     contrast: float = Field(0.2, ge=0, le=1)
+    # Off by default: not shown to help on these sets, whose images are reconstructed clinical slices that vary
+    # far more in brightness and contrast than in sharpness or noise; and both can wipe out a small lesion,
+    # which is the very signal the classes differ by. Worth trying for data from older or low-field scanners.
+    blur_sigma: float = Field(0.0, ge=0, le=5, description="Gaussian blur, sigma drawn from [0.1, blur_sigma] px; 0: off")
+    noise_std: float = Field(0.0, ge=0, le=0.5, description="additive Gaussian noise std on [0, 1] pixels; 0: off")
 
 
 class TrainConfig(_Strict):
@@ -192,8 +210,20 @@ class TrainConfig(_Strict):
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    scheduler: Literal["onecycle", "cosine"] = Field("onecycle", description="per-step LR schedule; both warm up first")
-    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine) or rise (one-cycle) length")
+    scheduler: Literal["onecycle", "cosine", "step", "plateau"] = Field(
+        "onecycle", description="per-step LR schedule; all warm up first (see brainmri.train.lr_factor)"
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine, step, plateau) or rise (one-cycle) length")
+    lr_step_epochs: float = Field(3.0, gt=0, description="step: multiply the LR by lr_gamma every this many epochs")
+    lr_gamma: float = Field(0.1, gt=0, lt=1, description="step, plateau: the LR multiple of one reduction")
+    plateau_patience: int = Field(
+        2, ge=0, description="plateau: epochs without a lower val loss before the LR is reduced (keep below patience)"
+    )
+    freeze_epochs: int = Field(0, ge=0, description="first train the head only, trunk frozen, for this many epochs")
+    unfreeze_blocks: int = Field(
+        0, ge=0, description="after the frozen epochs, train the last this-many trunk blocks (and the head); 0: all"
+    )
+    finetune_lr_factor: float = Field(1.0, gt=0, le=1, description="the trunk's LR is lr times this (the head's is lr)")
     class_weights: bool = Field(False, description="weight the training loss by inverse class frequency")
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -211,6 +241,12 @@ class TrainConfig(_Strict):
         if value not in MODEL_NAMES:
             raise ValueError(f"unknown model {value!r} (known: {', '.join(MODEL_NAMES)})")
         return value
+
+    @model_validator(mode="after")
+    def _fine_tunes_after_freezing(self) -> "TrainConfig":
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}), or the trunk never trains")
+        return self
 
 
 class ExternalSetConfig(_Strict):
@@ -277,6 +313,11 @@ class Config(_Strict):
             missing = [n for n in names if n not in self.sources]
             if missing:
                 raise ValueError(f"source_sets.{set_name} names undeclared source(s) {missing}")
+        holdout = self.split.holdout_source
+        if holdout is not None and holdout not in self.source_sets[self.fetch.source_set]:
+            raise ValueError(f"split.holdout_source {holdout!r} is not in source set {self.fetch.source_set!r}")
+        if self.split.folds == 1:
+            raise ValueError("split.folds must be 0 (off) or at least 2")
         return self
 
     def active_sources(self) -> dict[str, SourceConfig]:

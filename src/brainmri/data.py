@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,9 @@ from tqdm import tqdm
 
 from brainmri.config import AugmentConfig
 from brainmri.preprocess import resize_grey
+
+BLUR_SIGMA_MIN = 0.1
+"""Smallest blur sigma drawn (torchvision's default): nearly no blur, so some batches stay sharp."""
 
 CROP_ASPECT_RATIO = (0.9, 1.1)
 """Random-resized-crop aspect range: slices are near square, and stronger stretching distorts anatomy."""
@@ -139,7 +143,10 @@ class BatchAugment:
     Horizontal flips only (left/right is symmetric enough in axial brain
     slices; up/down is not), random resized crop (zoom in to ``scale_min`` of
     the area), small rotations filling with black (the MRI background), then
-    brightness/contrast jitter (scanner and windowing differences).
+    brightness/contrast jitter (scanner and windowing differences); then,
+    when switched on, Gaussian blur (lower resolution, thicker slices) and
+    additive noise (acquisition noise), both off by default (see
+    ``AugmentConfig``).
     """
 
     def __init__(self, cfg: AugmentConfig, image_size: int):
@@ -152,6 +159,11 @@ class BatchAugment:
             steps.append(v2.RandomRotation(cfg.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
         if cfg.brightness > 0 or cfg.contrast > 0:
             steps.append(v2.ColorJitter(brightness=cfg.brightness or None, contrast=cfg.contrast or None))
+        if cfg.blur_sigma > 0:
+            kernel = 2 * math.ceil(3 * cfg.blur_sigma) + 1  # ±3 sigma: the whole Gaussian
+            steps.append(v2.GaussianBlur(kernel, sigma=(min(BLUR_SIGMA_MIN, cfg.blur_sigma), cfg.blur_sigma)))
+        if cfg.noise_std > 0:
+            steps.append(v2.GaussianNoise(sigma=cfg.noise_std, clip=True))
         self.transform = v2.Compose(steps) if steps else None
 
     def __call__(self, batch: torch.Tensor, seed: int) -> torch.Tensor:

@@ -80,6 +80,34 @@ def assign_splits(labels: pd.Series, groups: np.ndarray, ratios: dict[str, float
     return np.array([chosen[g] for g in groups])
 
 
+def holdout_split(table: pd.DataFrame, cfg: SplitConfig, seed: int) -> np.ndarray:
+    """Leave one source out: all its images are ``test``; the others split train/val in the configured ratio.
+
+    Groups touching the held-out source go to test whole, so nothing of it leaks into training.
+    """
+    held = table["source"].to_numpy() == cfg.holdout_source
+    held_groups = np.isin(table["group"].to_numpy(), table.loc[held, "group"].to_numpy())
+    split = np.full(len(table), "test", dtype=object)
+    rest = ~held_groups
+    ratios = {"train": cfg.train / (cfg.train + cfg.val), "val": cfg.val / (cfg.train + cfg.val), "test": 0.0}
+    split[rest] = assign_splits(table.loc[rest, "label"], table.loc[rest, "group"].to_numpy(), ratios, seed)
+    return split.astype(str)
+
+
+def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    """Fold number (0..folds-1) of each train/val row for grouped, stratified cross-validation; -1 for test."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    fold = np.full(len(table), -1, dtype=int)
+    rows = np.flatnonzero(table["split"].to_numpy() != "test")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for number, (_, held) in enumerate(
+        splitter.split(rows, table["label"].to_numpy()[rows], table["group"].to_numpy()[rows])
+    ):
+        fold[rows[held]] = number
+    return fold
+
+
 def audit(table: pd.DataFrame, fingerprints: Fingerprints, dedup: DedupConfig) -> dict:
     """Count what leaks across splits: duplicate pairs by the dedup criterion, and shared patients."""
     i, j, _, _ = confirmed_pairs(fingerprints, dedup.max_hamming, dedup.min_correlation)
@@ -105,7 +133,13 @@ def make_split(
     table = kept[kept["label"].isin(CLASSES)].sort_values("image_id", kind="stable").reset_index(drop=True)
     prints = fingerprints.subset(table["image_id"])
     table["group"] = grouping(table, prints, dedup, cfg)
-    table["split"] = assign_splits(table["label"], table["group"].to_numpy(), {s: getattr(cfg, s) for s in SPLITS}, seed)
+    if cfg.holdout_source is None:
+        ratios = {s: getattr(cfg, s) for s in SPLITS}
+        table["split"] = assign_splits(table["label"], table["group"].to_numpy(), ratios, seed)
+    else:
+        table["split"] = holdout_split(table, cfg, seed)
+    if cfg.folds:
+        table["fold"] = assign_folds(table, cfg.folds, seed)
     leakage = audit(table, prints, dedup)
     report = {
         "images": int(len(table)),
@@ -113,6 +147,8 @@ def make_split(
         "groups": int(table["group"].nunique()),
         "largest_group": int(table.groupby("group").size().max()) if len(table) else 0,
         "sizes": {s: int((table["split"] == s).sum()) for s in SPLITS},
+        "holdout_source": cfg.holdout_source,
+        "folds": {int(k): int(v) for k, v in table["fold"].value_counts().sort_index().items()} if cfg.folds else {},
         "class_fraction": _fractions(table, "label"),
         "source_fraction": _fractions(table, "source"),
         "leakage": leakage,
@@ -141,6 +177,11 @@ def check_leakage(report: dict) -> None:
 SPLIT_COLUMNS = ["image_id", "path", "label", "source", "patient_id", "group", "split", "mask_path", "box", "original_path"]
 
 
+def split_columns(table: pd.DataFrame) -> list[str]:
+    """The columns written to split.csv (``fold`` only when folds are on)."""
+    return SPLIT_COLUMNS + (["fold"] if "fold" in table.columns else [])
+
+
 def publish_dataset(table: pd.DataFrame, dataset_dir: Path) -> None:
     """Lay the curated dataset out as ``<split>/<class>/<image_id>.png`` (hard links where possible)."""
     import shutil
@@ -154,12 +195,12 @@ def publish_dataset(table: pd.DataFrame, dataset_dir: Path) -> None:
             os.link(row.path, target)
         except OSError:
             shutil.copyfile(row.path, target)
-    table[SPLIT_COLUMNS].to_csv(dataset_dir / "manifest.csv", index=False)
+    table[split_columns(table)].to_csv(dataset_dir / "manifest.csv", index=False)
 
 
 def write_outputs(table: pd.DataFrame, report: dict, out_dir: Path, metrics_path: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    table[SPLIT_COLUMNS].to_csv(out_dir / "split.csv", index=False)
+    table[split_columns(table)].to_csv(out_dir / "split.csv", index=False)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     metrics = {
         "images": report["images"],

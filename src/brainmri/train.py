@@ -1,7 +1,9 @@
 """The training loop: one code path for CPU and CUDA, deterministic on CPU given the seed.
 
 Per epoch: a seeded shuffle of the cached train images, seeded per-batch
-augmentation, a per-step LR schedule, then a val pass. The checkpoint with the
+augmentation, a per-step LR schedule, then a val pass (which a ``plateau``
+schedule also reads). With ``freeze_epochs`` the first epochs train the head
+only (two-phase fine-tuning, ``set_trainable``). The checkpoint with the
 lowest val loss is ``model.pt``; ``last.pt`` also carries optimiser, scheduler
 and RNG state so ``resume`` continues exactly where a run stopped. Metrics go
 to dvclive, one step per epoch.
@@ -9,6 +11,7 @@ to dvclive, one step per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -34,7 +37,8 @@ from brainmri.data import (
     steps_per_epoch,
 )
 from brainmri.device import Runtime, runtime, select_device
-from brainmri.models import build_model
+from brainmri.distributed import Dist, distributed
+from brainmri.models import Classifier, build_model
 
 SGD_MOMENTUM = 0.9
 
@@ -58,42 +62,132 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only: decaying BN scales and biases only fights the normalisation."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Trunk at ``lr * finetune_lr_factor``, head at ``lr``; weight decay on conv/linear weights only.
+
+    Decaying BN scales and biases only fights the normalisation. A lower
+    trunk LR keeps pretrained features from being wrecked while the fresh
+    head's gradients are still large. Every parameter gets a group, frozen or
+    not: a frozen one has no gradient, so the optimiser skips it until
+    ``set_trainable`` unfreezes it, and one optimiser serves both phases.
+    """
+    head = {id(p) for p in model.head.parameters()}
+    groups = []
+    for in_head, lr in ((False, cfg.lr * cfg.finetune_lr_factor), (True, cfg.lr)):
+        params = [p for p in model.parameters() if (id(p) in head) == in_head]
+        groups.append({"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr": lr})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr": lr})
+    groups = [group for group in groups if group["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=SGD_MOMENTUM, nesterov=True)
     optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
     return optimizers[cfg.optimizer](groups, lr=cfg.lr)
 
 
+def set_trainable(model: Classifier, cfg: TrainConfig, epoch: int) -> None:
+    """Two-phase fine-tuning: head only before ``freeze_epochs``, then also the last ``unfreeze_blocks`` blocks (0: all).
+
+    Training a fresh head on frozen pretrained features first means the
+    trunk, once unfrozen, gets gradients from a sensible head instead of a
+    random one. Only parameters freeze: BatchNorm statistics keep adapting to
+    MRI in train mode, which is what a frozen ImageNet trunk needs most.
+    """
+    if epoch < cfg.freeze_epochs:
+        trainable = []
+    elif cfg.unfreeze_blocks == 0:
+        trainable = model.blocks
+    else:
+        trainable = model.blocks[-cfg.unfreeze_blocks :]
+    for block in model.blocks:
+        block.requires_grad_(False)
+    for block in trainable:
+        block.requires_grad_(True)
+    model.head.requires_grad_(True)
+
+
 ONE_CYCLE_START = 1 / 25
 """One-cycle starts at lr/25 (fast.ai and torch's ``OneCycleLR`` default) and anneals to ~0."""
 
 
-def lr_factor(kind: str, step: int, warmup: int, total: int) -> float:
+def lr_factor(kind: str, step: int, warmup: int, total: int, step_size: int = 1, gamma: float = 0.1) -> float:
     """The schedule's multiple of ``lr`` at ``step`` (0-based) of ``total``, peaking at 1 after ``warmup`` steps.
 
     one-cycle: cosine rise from 1/25 to 1, then cosine fall to 0 (the LR
     shape of Smith's one-cycle policy, without momentum cycling); the fast
     choice for short runs. cosine: linear warm-up from 0, then cosine decay
-    to 0. Written as a plain function so tiny runs (a handful of steps,
-    where torch's ``OneCycleLR`` divides by zero) work too.
+    to 0. step: linear warm-up, times ``gamma`` every ``step_size`` steps
+    (torch's ``StepLR``). plateau: linear warm-up, then 1; ``LRFactor``
+    multiplies in the reductions. Written as a plain function so tiny runs
+    (a handful of steps, where torch's ``OneCycleLR`` divides by zero) work too.
     """
     if step < warmup:
         if kind == "onecycle":
             return ONE_CYCLE_START + (1 - ONE_CYCLE_START) * (1 - math.cos(math.pi * step / warmup)) / 2
-        return (step + 1) / (warmup + 1)
+        warm = (step + 1) / (warmup + 1)
+    else:
+        warm = 1.0
+    if kind == "step":
+        return warm * gamma ** (step // step_size)
+    if kind == "plateau":
+        return warm
+    if step < warmup:
+        return warm
     return (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup))) / 2
 
 
+PLATEAU_THRESHOLD = 1e-4
+"""A val loss must be this fraction lower to count as better (torch's ``ReduceLROnPlateau`` default)."""
+
+
+class LRFactor:
+    """``lr_factor`` for one run, times the plateau reductions so far.
+
+    A callable object rather than a lambda because ``LambdaLR`` saves such an
+    object's attributes in its state dict: the plateau's best loss and count
+    survive a resume with no extra bookkeeping.
+    """
+
+    def __init__(self, cfg: TrainConfig, epoch_steps: int):
+        total = cfg.epochs * epoch_steps
+        self.kind = cfg.scheduler
+        self.warmup = min(round(cfg.warmup_epochs * epoch_steps), total - 1)
+        self.total = total
+        self.step_size = max(1, round(cfg.lr_step_epochs * epoch_steps))
+        self.gamma = cfg.lr_gamma
+        self.plateau_patience = cfg.plateau_patience
+        self.reduction = 1.0
+        self.best_val_loss = math.inf
+        self.bad_epochs = 0
+
+    def __call__(self, step: int) -> float:
+        return self.reduction * lr_factor(self.kind, step, self.warmup, self.total, self.step_size, self.gamma)
+
+    def observe(self, val_loss: float) -> bool:
+        """plateau: after more than ``plateau_patience`` epochs without a lower val loss, reduce; True when it did."""
+        if self.kind != "plateau":
+            return False
+        if val_loss < self.best_val_loss * (1 - PLATEAU_THRESHOLD):
+            self.best_val_loss, self.bad_epochs = val_loss, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs <= self.plateau_patience:
+            return False
+        self.reduction *= self.gamma
+        self.bad_epochs = 0
+        return True
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step ``lr_factor`` schedule over ``cfg.epochs`` epochs of ``epoch_steps`` steps."""
-    total = cfg.epochs * epoch_steps
-    warmup = min(round(cfg.warmup_epochs * epoch_steps), total - 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg.scheduler, step, warmup, total))
+    """A per-step ``LRFactor`` schedule over ``cfg.epochs`` epochs of ``epoch_steps`` steps."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(cfg, epoch_steps))
+
+
+def end_epoch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, val_loss: float) -> None:
+    """Give the schedule the epoch's val loss; a plateau reduction applies from the next step on."""
+    factor: LRFactor = scheduler.lr_lambdas[0]  # one object serves every group
+    if factor.observe(val_loss):
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * factor(scheduler.last_epoch)
 
 
 def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -115,7 +209,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size
 
 
 def _train_epoch(
-    model: nn.Module,
+    net: nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
     augment: BatchAugment,
@@ -126,17 +220,23 @@ def _train_epoch(
     cfg: TrainConfig,
     seed: int,
     epoch: int,
+    ranks: Dist,
 ) -> tuple[float, float, float, int]:
-    """One pass over a seeded shuffle; returns (mean loss, accuracy on augmented batches, last step's LR, images)."""
-    model.train()
+    """One pass over a seeded shuffle; returns (mean loss, accuracy on augmented batches, last step's LR, images).
+
+    ``net`` is the model, or its DDP wrapper; each rank trains on its shard
+    of every batch, and the returned numbers are over all ranks.
+    """
+    net.train()
     loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
     batches = epoch_batches(len(images), cfg.batch_size, seed, epoch)
-    for step, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)):
-        rows = np.sort(rows)  # ascending reads from the memory map; order within a batch does not matter
-        x = augment(rt.to_device(torch.from_numpy(images[rows])), batch_seed(seed, epoch, step))
+    progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not ranks.is_main)
+    for step, rows in enumerate(progress):
+        rows = ranks.shard(np.sort(rows))  # ascending reads from the memory map; order within a batch does not matter
+        x = augment(rt.to_device(torch.from_numpy(images[rows])), batch_seed(seed, epoch, step, ranks.rank))
         y = torch.from_numpy(labels[rows]).to(rt.device, non_blocking=True)
         with rt.autocast():
-            logits = model(x)
+            logits = net(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,16 +246,24 @@ def _train_epoch(
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
-    return loss_sum / seen, correct / seen, lr, seen
+    loss_sum, correct, seen = ranks.all_sum([loss_sum, correct, seen])
+    return loss_sum / seen, correct / seen, lr, int(seen)
 
 
-def _val_pass(model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, batch_size: int) -> tuple[float, float]:
-    """Plain (unweighted, unsmoothed) cross-entropy and accuracy: the selection criterion ignores loss knobs."""
-    logits = predict_logits(model, images, rt, batch_size)
-    target = torch.from_numpy(labels)
-    loss = nn.functional.cross_entropy(logits, target).item()
-    accuracy = (logits.argmax(1) == target).float().mean().item()
-    return loss, accuracy
+def _val_pass(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, batch_size: int, ranks: Dist
+) -> tuple[float, float]:
+    """Plain (unweighted, unsmoothed) cross-entropy and accuracy: the selection criterion ignores loss knobs.
+
+    Each rank scores every ``world_size``-th image; the sums are shared, so
+    every rank gets the same numbers (and takes the same decisions).
+    """
+    logits = predict_logits(model, images[ranks.rank :: ranks.world_size], rt, batch_size)
+    target = torch.from_numpy(labels[ranks.rank :: ranks.world_size])
+    loss_sum = nn.functional.cross_entropy(logits, target, reduction="sum").item()
+    correct = (logits.argmax(1) == target).sum().item()
+    loss_sum, correct, count = ranks.all_sum([loss_sum, correct, len(target)])
+    return loss_sum / count, correct / count
 
 
 class _State:
@@ -196,7 +304,9 @@ def train_model(
 
     Writes ``out_dir/model.pt`` (lowest val loss), ``out_dir/last.pt`` and
     dvclive logs in ``live_dir`` (``train/loss``, ``train/acc``,
-    ``val/loss``, ``val/acc``, ``lr`` per epoch).
+    ``val/loss``, ``val/acc``, ``lr`` per epoch). Under ``torchrun`` every
+    process runs this with its shard of each batch (``brainmri.distributed``);
+    rank 0 alone writes.
     """
     started = time.perf_counter()
     classes = list(classes)
@@ -208,8 +318,8 @@ def train_model(
     val_labels = label_indices(val_rows["label"], classes)
     cache_seconds = time.perf_counter() - started
 
-    device = select_device(cfg.device)
-    with runtime(device, cfg.num_threads) as rt:
+    with distributed(select_device(cfg.device)) as ranks, runtime(ranks.device, cfg.num_threads) as rt:
+        device = ranks.device
         _seed_everything(seed)
         model = build_model(cfg.model, len(classes), cfg.pretrained).to(device, memory_format=torch.channels_last)
         optimizer = make_optimizer(model, cfg)
@@ -231,19 +341,26 @@ def train_model(
         if resuming:
             _restore(last_path, meta, model, optimizer, scheduler, state)
 
-        with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) as live:
+        live_context = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) if ranks.is_main else None
+        with live_context or contextlib.nullcontext():
             while state.epoch < cfg.epochs and not _stop_early(state, cfg):
+                set_trainable(model, cfg, state.epoch)
                 tick = time.perf_counter()
                 train_loss, train_accuracy, lr, seen = _train_epoch(
-                    model, train_images, train_labels, augment, criterion, optimizer, scheduler, rt, cfg, seed, state.epoch
+                    ranks.wrap(model), train_images, train_labels, augment, criterion, optimizer, scheduler, rt, cfg, seed,
+                    state.epoch, ranks,
                 )
                 train_seconds += time.perf_counter() - tick
                 train_images_seen += seen
-                val_loss, val_accuracy = _val_pass(model, val_images, val_labels, rt, 2 * cfg.batch_size)
+                ranks.sync_buffers(model)
+                val_loss, val_accuracy = _val_pass(model, val_images, val_labels, rt, 2 * cfg.batch_size, ranks)
                 improved = state.end_epoch(val_loss, val_accuracy)
+                end_epoch_schedule(scheduler, val_loss)
                 epoch_metrics = {"train/loss": train_loss, "train/acc": train_accuracy, "val/loss": val_loss, "val/acc": val_accuracy, "lr": lr}
+                if not ranks.is_main:
+                    continue
                 for name, value in epoch_metrics.items():
-                    live.log_metric(name, value)
+                    live_context.log_metric(name, value)
                 tqdm.write(
                     f"epoch {state.epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.3f} "
                     f"| val loss {val_loss:.4f} acc {val_accuracy:.3f} | lr {lr:.2e}"
@@ -252,7 +369,7 @@ def train_model(
                 if improved:
                     save_checkpoint(best_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics})
                 save_checkpoint(last_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics, **_resume_state(optimizer, scheduler, state)})
-                live.next_step()
+                live_context.next_step()
             summary = {
                 "device": str(device),
                 "epochs_run": state.epoch,
@@ -266,8 +383,9 @@ def train_model(
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
-            for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
-                live.summary[name] = summary[name]
+            if ranks.is_main:
+                for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
+                    live_context.summary[name] = summary[name]
     return summary
 
 
