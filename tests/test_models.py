@@ -16,7 +16,6 @@ from brainmri.models import (
     ModelError,
     PretrainedWeightsUnavailable,
     build_model,
-    efficientnet_lite0_imagenet_state,
     efficientnet_lite_backbone,
     efficientnet_lite_imagenet_state,
     gradcam_layer,
@@ -145,7 +144,7 @@ def test_pretrained_weights_recognise_a_photograph(temple_grey):
 
 def test_pretrained_head_is_replaced_but_trunk_kept():
     model = build_model("efficientnet_lite0", 4, pretrained=True)
-    state = efficientnet_lite0_imagenet_state()
+    state = efficientnet_lite_imagenet_state(0)
     assert model.backbone.classifier.out_features == 4
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
 

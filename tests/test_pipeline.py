@@ -85,6 +85,24 @@ def test_pipeline_writes_metrics_and_plots(pipeline):
     assert "Confusion matrix (test)" in page and "Loss per epoch" in page
 
 
+def test_dedup_finds_every_planted_copy_and_merges_no_distinct_phantoms(pipeline):
+    import pandas as pd
+
+    truth = json.loads((pipeline / "build" / "raw" / "demo_truth.json").read_text())
+    manifest = pd.read_csv(pipeline / "build" / "dedup" / "manifest.csv", keep_default_na=False)
+    cluster = dict(zip(manifest["original_path"], manifest["cluster_id"]))
+    key = lambda ref: f"{truth['archives'][ref['archive']]}/{ref['member']}"  # noqa: E731
+    pairs = [p for kind in ("exact_copies", "near_copies", "cross_source_copies", "conflicting_labels") for p in truth[kind]]
+    usable = [(key(p["original"]), key(p["copy"])) for p in pairs if key(p["original"]) in cluster and key(p["copy"]) in cluster]
+    assert len(usable) > 20
+    missed = [(a, b) for a, b in usable if cluster[a] != cluster[b]]
+    assert not missed, f"{len(missed)} planted copies not merged, e.g. {missed[:3]}"
+    phantom = {key(img): img["phantom"] for img in truth["images"]}
+    manifest["phantom"] = manifest["original_path"].map(phantom)
+    mixed = manifest.dropna(subset=["phantom"]).groupby("cluster_id")["phantom"].nunique()
+    assert (mixed == 1).all(), f"{int((mixed > 1).sum())} clusters merge different phantoms"
+
+
 def test_second_repro_has_nothing_to_do(pipeline):
     out = run(["dvc", "repro"], pipeline)
     assert "Running stage" not in out

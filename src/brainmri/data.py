@@ -132,9 +132,15 @@ def sequential_batches(num_images: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(start + batch_size, num_images))
 
 
-def batch_seed(seed: int, epoch: int, step: int) -> int:
-    """The augmentation seed of one batch, independent of everything else that draws random numbers."""
-    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(1)[0])
+def batch_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
+    """The augmentation seed of one batch (one rank's shard of it), independent of everything else that draws random numbers.
+
+    Ranks other than 0 mix in their rank, so shards do not share transform
+    parameters image by image; rank 0 and a single process keep the seeds
+    of ``[seed, epoch, step]``.
+    """
+    entropy = [seed, epoch, step, rank] if rank else [seed, epoch, step]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 class BatchAugment:

