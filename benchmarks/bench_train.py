@@ -6,7 +6,7 @@ and the full training loop's images/s (``train_model``: cached uint8 images
 from the memory map, augmentation, device transfer) as a fraction of the
 model-alone rate. A ratio near 1 means the data path is not the bottleneck.
 
-    python benchmarks/bench_train.py                       # both models, every core
+    python benchmarks/bench_train.py                       # the two default models, every core
     python benchmarks/bench_train.py --models small_cnn --threads 1
 """
 
@@ -97,7 +97,7 @@ def loop_rate(name: str, size: int, batch_size: int, images: int, threads: int, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=["small_cnn", "efficientnet_lite0"], choices=MODEL_NAMES)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9, help="timed steps for the bare-model rates")
     parser.add_argument("--images", type=int, default=256, help="images in the synthetic table for the loop rate")

@@ -26,9 +26,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .download import DownloadError
     from .dvc_run import DvcError
     from .fetch import FetchError
+    from .models import ModelError
     from .split import LeakageError
 
-    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, FileNotFoundError)
+    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, FileNotFoundError)
 
 
 def _reports_errors(command):

@@ -227,7 +227,9 @@ class TrainConfig(_Strict):
     class_weights: bool = Field(False, description="weight the training loss by inverse class frequency")
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int = Field(0, ge=0, description="CPU threads for training; 0: os.cpu_count() (lower it on a shared machine)")
+    num_threads: int = Field(
+        0, ge=0, description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)"
+    )
     num_workers: int = Field(0, ge=0, description="threads decoding images into the tensor cache; 0: one per core")
     cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
     resume: bool = Field(False, description="continue from out_dir/last.pt when it exists")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -318,7 +319,7 @@ def train_model(
     val_labels = label_indices(val_rows["label"], classes)
     cache_seconds = time.perf_counter() - started
 
-    with distributed(select_device(cfg.device)) as ranks, runtime(ranks.device, cfg.num_threads) as rt:
+    with distributed(select_device(cfg.device)) as ranks, runtime(ranks.device, _cpu_threads(cfg, ranks)) as rt:
         device = ranks.device
         _seed_everything(seed)
         model = build_model(cfg.model, len(classes), cfg.pretrained).to(device, memory_format=torch.channels_last)
@@ -387,6 +388,11 @@ def train_model(
                 for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
                     live.summary[name] = summary[name]
     return summary
+
+
+def _cpu_threads(cfg: TrainConfig, ranks: Dist) -> int:
+    """``num_threads``, or the cores shared out among the processes: CPU ranks that each took every core would thrash."""
+    return cfg.num_threads or max(1, (os.cpu_count() or 1) // ranks.world_size)
 
 
 def _stop_early(state: _State, cfg: TrainConfig) -> bool:
