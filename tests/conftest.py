@@ -19,6 +19,17 @@ def project_params() -> dict:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Two torch threads on a busy two-core machine spin against each other; one is many times faster here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def params(project_params) -> dict:
     """A private, editable copy of params.yaml."""
     return copy.deepcopy(project_params)

@@ -23,12 +23,7 @@ from conftest import blob_image, write_grey_png
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_project(root: Path) -> tuple[pd.DataFrame, Path]:

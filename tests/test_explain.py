@@ -14,13 +14,7 @@ from brainmri.models import build_model
 SIZE = 48
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a busy two-core machine spin against each other; one is many times faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blob_images(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
