@@ -66,3 +66,15 @@ def test_holdout_source_must_be_active(params):
         parse_config(params)
     params["split"]["holdout_source"] = "demo_br35h"
     assert parse_config(params).split.holdout_source == "demo_br35h"
+
+
+def test_params_rewritten_by_dvc_still_load(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml in YAML 1.2 with unquoted keys such as `yes:` and `'1':`."""
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    text = text.replace('{"yes": tumor_unknown, "no": no_tumor}', "{yes: tumor_unknown, no: no_tumor}")
+    text = text.replace('{"1": meningioma, "2": glioma, "3": pituitary}', "{1: meningioma, 2: glioma, 3: pituitary}")
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    cfg = load_config(path)
+    assert cfg.sources["demo_br35h"].labels == {"yes": "tumor_unknown", "no": "no_tumor"}
+    assert cfg.sources["demo_figshare"].labels["1"] == "meningioma"

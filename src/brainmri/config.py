@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
@@ -81,6 +81,12 @@ class SourceConfig(_Strict):
         if value is not None and value not in SYNTHETIC_KINDS:
             raise ValueError(f"unknown synthetic generator {value!r} (known: {', '.join(SYNTHETIC_KINDS)})")
         return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: object) -> object:
+        """Folder names and .mat label numbers are text, however a YAML writer quoted them (``1``, ``"1"``)."""
+        return {str(key): label for key, label in value.items()} if isinstance(value, dict) else value
 
     @field_validator("labels")
     @classmethod
@@ -347,10 +353,11 @@ def load_config(path: Path | str = "params.yaml") -> Config:
     """Read and validate ``params.yaml``; relative paths in it stay relative to the working directory."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        # YAML 1.2, as DVC reads and rewrites params.yaml (`dvc exp run -S`): `yes`/`no` stay strings.
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
-    except yaml.YAMLError as error:
+    except YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
