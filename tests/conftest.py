@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,11 @@ def blob_image(rng: np.random.Generator, size: int = 64, centre=None, radius: fl
     disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2
     image = base + 120 * disc + rng.normal(0, noise, (size, size))
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_zip(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
+    """A zip with the given members (names or hand-made ZipInfo headers, for zip-slip and symlink cases)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:
+            archive.writestr(name, data)
+    return path

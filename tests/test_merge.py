@@ -18,6 +18,7 @@ from PIL import Image
 from brainmri.config import MergeConfig, SourceConfig
 from brainmri.imaging import pixel_sha256
 from brainmri.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, make_image_id, merge_sources
+from conftest import write_zip
 
 SOURCES = {
     "mats": SourceConfig(
@@ -51,13 +52,6 @@ def mat(label: float, pid: str, with_mask: bool) -> bytes:
         if with_mask:
             group["tumorMask"] = (image > 1000).astype(np.uint8).T
     return buffer.getvalue()
-
-
-def write_zip(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members:
-            archive.writestr(name, data)
-    return path
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from brainmri.imaging import BadImage, decode_image, encode_png, int16_to_uint8,
 from brainmri.sources import MemberTask, Rejected, SafeZip, Skipped, SourceImage, plan_archive, read_archive
 from brainmri.sources.image_folder import parse_yolo_box
 from brainmri.sources.safe_zip import MemberError
+from conftest import write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=100_000)
 FOLDERS = SourceConfig(
@@ -48,13 +49,6 @@ def image_bytes(width: int = 48, height: int = 32, mode: str = "L", fmt: str = "
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def make_zip(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members:
-            archive.writestr(name, data)
-    return path
 
 
 def mat_bytes(image: np.ndarray, label: float, pid: str | None = "P001", mask: np.ndarray | None = None) -> bytes:
@@ -170,7 +164,7 @@ def test_refuses_zip_slip_symlinks_oversize_and_duplicates(tmp_path):
         ("glioma/huge.png", bytes(LIMITS.max_member_bytes + 1)),
         ("glioma/ok.jpg", image_bytes()),
     ]
-    path = make_zip(tmp_path / "folders.zip", members)
+    path = write_zip(tmp_path / "folders.zip", members)
     with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as archive:
         archive.writestr("glioma/ok.jpg", image_bytes(seed=1))
     with SafeZip(path, LIMITS.max_member_bytes) as archive:
@@ -182,7 +176,7 @@ def test_refuses_zip_slip_symlinks_oversize_and_duplicates(tmp_path):
 
 def test_names_in_any_encoding(tmp_path):
     """Flagged UTF-8, unflagged UTF-8 (common) and unflagged cp437 names all decode to what was meant."""
-    path = make_zip(
+    path = write_zip(
         tmp_path / "folders.zip",
         [("glioma/naïve.jpg", image_bytes()), ("glioma/NAME1.jpg", image_bytes()), ("glioma/NAME2.jpg", image_bytes())],
     )
@@ -195,7 +189,7 @@ def test_names_in_any_encoding(tmp_path):
 
 def test_corrupt_member_and_unreadable_archive_are_rejects(tmp_path):
     good = image_bytes(seed=3)
-    path = make_zip(tmp_path / "folders.zip", [("glioma/a.jpg", good)])
+    path = write_zip(tmp_path / "folders.zip", [("glioma/a.jpg", good)])
     raw = bytearray(path.read_bytes())
     raw[raw.index(good) + 200] ^= 0xFF  # flips a data byte: the CRC no longer matches
     path.write_bytes(bytes(raw))
@@ -226,7 +220,7 @@ def test_image_folder_labels_boxes_and_faults(tmp_path):
         ("glioma/tiny.png", image_bytes(1, 1, fmt="PNG")),
         ("glioma/bomb.pgm", b"P5\n5000 5000\n255\n" + bytes(100)),
     ]
-    path = make_zip(tmp_path / "folders.zip", members)
+    path = write_zip(tmp_path / "folders.zip", members)
     items = read_all(path)
     a, b, c = (items[f"folders.zip/{n}"] for n in ("Training/glioma/a.jpg", "Testing/notumor/b.jpg", "Testing/glioma/c.jpg"))
     assert (a.label, a.box, a.patient_id, a.mask) == ("glioma", (0.5, 0.25, 0.2, 0.1), None, None)
@@ -269,7 +263,7 @@ def test_figshare_mat_reads_label_patient_and_orientation(tmp_path):
     image[:10, :20] = 1000  # bright block top-left
     mask = np.zeros((40, 64), dtype=bool)
     mask[:10, :20] = True
-    path = make_zip(
+    path = write_zip(
         tmp_path / "mats.zip",
         [("1.mat", mat_bytes(image, 2.0, "MRN42", mask)), ("2.mat", mat_bytes(image, 3.0, pid=None)), ("README.txt", b"x")],
     )
@@ -296,7 +290,7 @@ def test_figshare_mat_faults_are_rejects(tmp_path):
         ("bad_mask.mat", mat_bytes(image, 1.0, mask=np.zeros((16, 32), dtype=bool))),
         ("tiny.mat", mat_bytes(np.ones((4, 4)), 1.0)),
     ]
-    items = read_all(make_zip(tmp_path / "mats.zip", members), FIGSHARE)
+    items = read_all(write_zip(tmp_path / "mats.zip", members), FIGSHARE)
     category = {name.removeprefix("mats.zip/"): item.reason.split(":")[0] for name, item in items.items()}
     assert category == {
         "not_hdf5.mat": "not a MATLAB v7.3 file",
@@ -313,7 +307,7 @@ def test_figshare_mat_faults_are_rejects(tmp_path):
 def test_tasks_are_small_and_picklable(tmp_path):
     import pickle
 
-    path = make_zip(tmp_path / "mats.zip", [("1.mat", mat_bytes(np.ones((32, 32)), 1.0))])
+    path = write_zip(tmp_path / "mats.zip", [("1.mat", mat_bytes(np.ones((32, 32)), 1.0))])
     with SafeZip(path, LIMITS.max_member_bytes) as archive:
         (task,) = plan_archive(archive, "src", FIGSHARE)
     assert isinstance(task, MemberTask) and pickle.loads(pickle.dumps(task)) == task
