@@ -179,29 +179,29 @@ def test_augmentation_never_flips_vertically():
     assert all(torch.equal(o, x) or m for o, x, m in zip(out, batch, mirrored)) and 0 < sum(mirrored) < 32
 
 
-@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
-def test_schedules_peak_at_lr_and_end_near_zero(tmp_path, scheduler):
-    cfg = tiny_config(tmp_path, scheduler=scheduler, epochs=4, warmup_epochs=1, lr=0.01)
+def lr_trace(cfg, steps: int, epoch_steps: int = 10) -> list[float]:
+    """The learning rate seen by each of ``steps`` optimiser steps under ``cfg``'s schedule."""
     optimizer = make_optimizer(build_model("small_cnn", 2, pretrained=False), cfg)
-    schedule = make_scheduler(optimizer, cfg, epoch_steps=10)
+    schedule = make_scheduler(optimizer, cfg, epoch_steps=epoch_steps)
     rates = []
-    for _ in range(40):
+    for _ in range(steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
+    return rates
+
+
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_schedules_peak_at_lr_and_end_near_zero(tmp_path, scheduler):
+    cfg = tiny_config(tmp_path, scheduler=scheduler, epochs=4, warmup_epochs=1, lr=0.01)
+    rates = lr_trace(cfg, steps=40)
     assert max(rates) == pytest.approx(0.01, rel=0.05) and 8 <= int(np.argmax(rates)) <= 11
     assert rates[-1] < 0.001 and rates[0] < 0.005
 
 
 def test_step_schedule_multiplies_by_gamma_every_step_epochs(tmp_path):
     cfg = tiny_config(tmp_path, scheduler="step", epochs=6, warmup_epochs=0, lr=0.01, lr_step_epochs=2, lr_gamma=0.5)
-    optimizer = make_optimizer(build_model("small_cnn", 2, pretrained=False), cfg)
-    schedule = make_scheduler(optimizer, cfg, epoch_steps=10)
-    rates = []
-    for _ in range(60):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    rates = lr_trace(cfg, steps=60)
     assert rates[::20] == pytest.approx([0.01, 0.005, 0.0025]) and rates[19] == pytest.approx(0.01)
 
 
