@@ -1,11 +1,11 @@
-"""The out-of-distribution check: Mahalanobis scores, the val-quantile threshold, saving, and the non-MRI set."""
+"""The out-of-distribution check: per-block Mahalanobis scores, the val-quantile threshold, saving, and the non-MRI set."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from brainmri.ood import OODCheck, detection_summary, fit_ood, non_mri_images
+from brainmri.ood import LayerGaussian, OODCheck, detection_summary, fit_ood, non_mri_images
 
 
 def clusters(rng: np.random.Generator, n: int, dims: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -22,32 +22,54 @@ def test_scores_separate_far_points_and_threshold_is_the_val_quantile():
     rng = np.random.default_rng(0)
     train, labels = clusters(rng, 300)
     val = train + rng.normal(0, 0.5, train.shape)  # in distribution, but not the points the means were fitted to
-    check = fit_ood(train, labels, val, quantile=0.95, checkpoint_sha256="abc")
-    val_scores = check.score(val)
+    check = fit_ood([train], labels, [val], quantile=0.95, checkpoint_sha256="abc")
+    val_scores = check.score([val])
     assert check.threshold == pytest.approx(np.quantile(val_scores, 0.95, method="higher"))
     assert check.rejects(val_scores).mean() == pytest.approx(0.05, abs=0.01)
+    assert val_scores.mean() == pytest.approx(0.0, abs=1e-9) and val_scores.std() == pytest.approx(1.0)  # standardised on val
     far = train[:50] + rng.normal(0, 30, (50, train.shape[1]))
-    assert check.rejects(check.score(far)).mean() == 1.0
-    assert np.isfinite(check.score(train)).all() and check.score(np.zeros((0, train.shape[1]))).shape == (0,)
+    assert check.rejects(check.score([far])).mean() == 1.0
+    assert np.isfinite(check.score([train])).all() and check.score([np.zeros((0, train.shape[1]))]).shape == (0,)
 
 
-def test_score_is_the_distance_to_the_nearest_class_mean():
-    check = OODCheck(means=np.array([[0.0, 0.0], [10.0, 0.0]]), precision=np.diag([1.0, 4.0]), threshold=3.0, quantile=0.99, checkpoint_sha256="")
-    scores = check.score(np.array([[9.0, 0.0], [0.0, 1.0], [5.0, 0.0]]))
-    assert scores == pytest.approx([1.0, 2.0, 5.0])
-    assert check.rejects(scores).tolist() == [False, False, True]
+def test_an_image_far_in_one_block_only_is_rejected():
+    """The point of the feature ensemble: a picture can sit near a class mean in the last block (where only
+    the classes are told apart) and still be far from every MRI in an early block (texture, layout)."""
+    rng = np.random.default_rng(1)
+    early, labels = clusters(rng, 400, dims=8)
+    late, _ = clusters(rng, 400, dims=30)
+    val_early, val_late = early + rng.normal(0, 0.5, early.shape), late + rng.normal(0, 0.5, late.shape)
+    check = fit_ood([early, late], labels, [val_early, val_late], quantile=0.99, checkpoint_sha256="")
+    odd = [early[:20] + 40.0, late[:20]]  # far in the early block, a training point itself in the late one
+    assert check.rejects(check.score(odd)).all()
+    assert check.rejects(check.score([val_early, val_late])).mean() <= 0.011
+    with pytest.raises(ValueError, match="2 feature blocks, got 1"):
+        check.score([early])
+
+
+def test_score_is_the_mean_standardised_distance_to_the_nearest_class_mean():
+    block = LayerGaussian(means=np.array([[0.0, 0.0], [10.0, 0.0]]), precision=np.diag([1.0, 4.0]))
+    points = np.array([[9.0, 0.0], [0.0, 1.0], [5.0, 0.0]])
+    assert block.distance(points) == pytest.approx([1.0, 2.0, 5.0])
+    other = LayerGaussian(means=np.zeros((1, 1)), precision=np.eye(1))
+    check = OODCheck((block, other), loc=np.array([1.0, 0.0]), scale=np.array([2.0, 1.0]), threshold=1.5, quantile=0.99, checkpoint_sha256="")
+    scores = check.score([points, np.array([[3.0], [0.0], [1.0]])])
+    assert scores == pytest.approx([(0.0 + 3.0) / 2, (0.5 + 0.0) / 2, (2.0 + 1.0) / 2])
+    assert check.rejects(scores).tolist() == [False, False, False] and check.rejects(np.array([1.6])).tolist() == [True]
 
 
 def test_saved_check_loads_identically_and_bytes_are_reproducible(tmp_path):
     rng = np.random.default_rng(3)
     train, labels = clusters(rng, 90)
-    check = fit_ood(train, labels, train, 0.99, "f" * 64)
+    blocks = [train[:, :7], train]
+    check = fit_ood(blocks, labels, blocks, 0.99, "f" * 64)
     check.save(tmp_path / "a" / "ood.npz")
     check.save(tmp_path / "b.npz")
     assert (tmp_path / "a" / "ood.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     loaded = OODCheck.load(tmp_path / "b.npz")
     assert loaded.checkpoint_sha256 == "f" * 64 and loaded.threshold == check.threshold and loaded.quantile == 0.99
-    assert np.array_equal(loaded.score(train), check.score(train))
+    assert len(loaded.layers) == 2 and np.array_equal(loaded.score(blocks), check.score(blocks))
+
 
 
 def test_non_mri_images_are_grey_seeded_and_cover_every_kind():

@@ -18,7 +18,7 @@ from brainmri.cli import app
 from brainmri.imaging import decode_image
 from brainmri.inference import predict_with_features
 from brainmri.models import build_model
-from brainmri.ood import NOT_MRI, OODCheck, file_sha256
+from brainmri.ood import NOT_MRI, LayerGaussian, OODCheck, file_sha256
 from brainmri.predict import LIMITS, predict_paths
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -113,7 +113,8 @@ def _check_for(checkpoint: Path, accepted: np.ndarray, threshold: float) -> OODC
     """A check centred on the features of ``accepted``: that image scores 0, anything else scores more."""
     model, meta = load_checkpoint(checkpoint)
     _, features = predict_with_features(model, [accepted], meta.image_size)
-    return OODCheck(features, np.eye(features.shape[1]), threshold, 0.99, file_sha256(checkpoint))
+    blocks = tuple(LayerGaussian(f, np.eye(f.shape[1])) for f in features)
+    return OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), threshold, 0.99, file_sha256(checkpoint))
 
 
 def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
@@ -136,7 +137,7 @@ def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
 
 def test_an_ood_check_of_another_model_is_refused(tmp_path, checkpoint):
     other = tmp_path / "other.npz"
-    OODCheck(np.zeros((1, 4)), np.eye(4), 1.0, 0.99, "0" * 64).save(other)
+    OODCheck((LayerGaussian(np.zeros((1, 4)), np.eye(4)),), np.zeros(1), np.ones(1), 1.0, 0.99, "0" * 64).save(other)
     image = tmp_path / "x.png"
     Image.fromarray(slice_like(0)).save(image)
     result = CliRunner().invoke(app, ["predict", str(image), "--model", str(checkpoint), "--ood", str(other), "--out", str(tmp_path / "o.csv")])

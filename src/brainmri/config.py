@@ -283,7 +283,7 @@ class EvaluateConfig(_Strict):
         2, ge=0, description="test images per class and outcome (correct, wrong) drawn for Grad-CAM overlays"
     )
     ood_quantile: float = Field(
-        0.99, gt=0.5, le=1, description="out-of-distribution threshold: this quantile of the val images' scores"
+        0.995, gt=0.5, le=1, description="out-of-distribution threshold: this quantile of the val images' scores"
     )
     external: list[ExternalSetConfig] = Field(
         [], description="extra labelled sets evaluated under their own names, minus near-duplicates of train/val"

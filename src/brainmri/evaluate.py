@@ -139,7 +139,9 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
     return summarise_localisation(scores, classes), panels
 
 
-def _ood(check: OODCheck, features: dict[str, np.ndarray], test_rows: pd.DataFrame, non_mri: tuple[list[str], np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+def _ood(
+    check: OODCheck, features: dict[str, list[np.ndarray]], test_rows: pd.DataFrame, non_mri: tuple[list[str], list[np.ndarray]]
+) -> tuple[dict, dict[str, np.ndarray]]:
     """False rejections of MRI (val, test, test per source) and detection of non-MRI; the scores for the figure."""
     scores = {split: check.score(f) for split, f in features.items()}
     kinds, non_mri_features = non_mri

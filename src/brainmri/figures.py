@@ -77,11 +77,12 @@ def ood_figure(scores: dict[str, np.ndarray], threshold: float, path: Path) -> N
     """Histograms of the out-of-distribution score per group of images, with the rejection threshold."""
     figure, axis = plt.subplots(figsize=(6, 4))
     everything = np.concatenate([np.asarray(v, dtype=float) for v in scores.values()] + [np.array([threshold])])
-    bins = np.linspace(0.0, max(float(everything.max()) * 1.05, 1e-6), 40)  # positive width even if every score is 0
+    low, high = float(everything.min()), float(everything.max())
+    bins = np.linspace(low, max(high, low + 1e-6), 40)  # positive width even if every score is equal
     for name, values in scores.items():
         axis.hist(values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})")
     axis.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:.1f}")
-    axis.set(xlabel="Mahalanobis distance to nearest class mean", ylabel="images", title="Out-of-distribution score")
+    axis.set(xlabel="mean standardised Mahalanobis distance over blocks", ylabel="images", title="Out-of-distribution score")
     axis.legend(fontsize=8)
     _save(figure, path)
 

@@ -1,10 +1,10 @@
 """Batched inference shared by ``evaluate``, ``predict`` and ``export``: grey images in, probabilities out.
 
 Besides the class probabilities, ``predict_with_features`` returns the
-*penultimate features* (the input of the model's last linear layer) from the
-same forward pass: the out-of-distribution check (``brainmri.ood``) measures
-how far an image lies from the training images in that space, so it costs no
-second pass.
+globally average-pooled output of every trunk block from the same forward
+pass: the out-of-distribution check (``brainmri.ood``) measures how far an
+image lies from the training images in those spaces, so it costs no second
+pass.
 """
 
 from __future__ import annotations
@@ -36,34 +36,39 @@ class ProbabilityModel(nn.Module):
         return torch.softmax(self.classifier(x).float(), dim=1)
 
 
-def feature_layer(model: nn.Module) -> nn.Linear:
-    """The model's last ``nn.Linear`` (its classification head): its input is the penultimate feature vector.
+def block_ends(model: nn.Module) -> list[nn.Module]:
+    """The module whose output is each trunk block's output (``Classifier.blocks``, input to output).
 
-    Both architectures in ``brainmri.models`` end in one linear layer after
-    global pooling, so this finds the head without knowing the architecture.
+    A block may be an ``nn.Sequential`` built only to group modules the
+    backbone calls one by one (EfficientNet's stem conv + BN): hooking it
+    would never fire, hooking its last module does, and for a Sequential the
+    backbone does call, its last module's output is the block's output.
     """
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no linear layer to take penultimate features from")
-    return linears[-1]
+    return [block[-1] if isinstance(block, nn.Sequential) else block for block in model.blocks]
 
 
 @torch.inference_mode()
 def predict_with_features(
     model: nn.Module, images: Sequence[np.ndarray], image_size: int, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities ``[N, classes]`` and penultimate features ``[N, D]`` (float64) for 8-bit grey images."""
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Softmax probabilities ``[N, classes]`` and, per trunk block, the pooled features ``[N, D_block]`` (float64)."""
     model.eval()
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
-    hook = feature_layer(model).register_forward_pre_hook(lambda _module, args: captured.append(args[0].float().cpu()))
+    ends = block_ends(model)
+    captured: list[list[torch.Tensor]] = [[] for _ in ends]
+
+    def keep_pooled(index: int):
+        return lambda _module, _args, output: captured[index].append(output.float().mean(dim=(2, 3)).cpu())
+
+    hooks = [end.register_forward_hook(keep_pooled(k)) for k, end in enumerate(ends)]
     try:
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = to_model_input(images[start : start + batch_size], image_size).to(device)
             chunks.append(torch.softmax(model(batch).float(), dim=1).cpu())
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     if not chunks:
-        return np.zeros((0, 0)), np.zeros((0, 0))
-    return torch.cat(chunks).double().numpy(), torch.cat(captured).double().numpy()
+        return np.zeros((0, 0)), []
+    return torch.cat(chunks).double().numpy(), [torch.cat(pooled).double().numpy() for pooled in captured]

@@ -162,8 +162,9 @@ def _ood(ood: dict) -> list[str]:
     lines = [
         "## Out-of-distribution check",
         "",
-        f"`predict` answers \"not a brain MRI\" when the Mahalanobis distance of an image's penultimate features to the "
-        f"nearest class mean exceeds {_num(ood['threshold'], 2)} (the {ood['quantile']:g} quantile of the val images; "
+        "`predict` answers \"not a brain MRI\" when an image's out-of-distribution score, the Mahalanobis distance of "
+        "its pooled features to the nearest class mean at every trunk block (standardised on the val images and "
+        f"averaged), exceeds {_num(ood['threshold'], 2)} (the {ood['quantile']:g} quantile of the val images; "
         "fitted on the train images, saved as `ood.npz` beside this card).",
         "",
         f"- MRI wrongly rejected (test): {_pct(test['false_rejection_rate'])} ({test['false_rejections']} of {test['n']}); "
