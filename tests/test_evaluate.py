@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from brainmri.checkpoint import save_checkpoint
 from brainmri.config import DedupConfig, EvaluateConfig, ExternalSetConfig
-from brainmri.evaluate import evaluate_model, gradcam_sample
+from brainmri.evaluate import evaluate_model, gradcam_sample, present_macro_f1
 from brainmri.models import build_model
 from brainmri.ood import OODCheck, file_sha256
 from conftest import blob_image, write_grey_png
@@ -108,6 +108,16 @@ def test_card_without_reports_says_so(tmp_path):
     run(tmp_path, table, checkpoint)
     card = (tmp_path / "evaluate" / "MODEL_CARD.md").read_text()
     assert "reports were not given" in card and "Images per split and class" in card
+
+
+def test_per_source_macro_f1_averages_over_the_classes_the_source_holds():
+    """A 3-class source with one image predicted as the class it lacks: that error lowers the recall of
+    its true class (0 of 2 here) but adds no zero-F1 term for the absent class."""
+    y = np.array([0, 0, 1, 1, 3, 3])
+    predicted = np.array([0, 0, 2, 1, 3, 3])  # one class-1 image called class 2, which this source never holds
+    f1_class1 = 2 * 1.0 * 0.5 / (1.0 + 0.5)
+    assert present_macro_f1(y, predicted) == pytest.approx((1.0 + f1_class1 + 1.0) / 3)
+    assert present_macro_f1(np.array([2, 2]), np.array([2, 2])) == 1.0
 
 
 def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
