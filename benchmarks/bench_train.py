@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["small_cnn", "efficientnet_lite0"], choices=MODEL_NAMES)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9, help="timed steps for the bare-model rates")
-    parser.add_argument("--images", type=int, default=256, help="images in the synthetic table for the loop rate")
+    parser.add_argument(
+        "--images", type=int, default=1024, help="synthetic images for the loop rate (enough steps that the slow first one does not count)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
     args = parser.parse_args(argv)
 
