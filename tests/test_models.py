@@ -11,6 +11,7 @@ from sklearn.datasets import load_sample_image
 
 from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import MODEL_NAMES
+from brainmri.inference import predict_with_features
 from brainmri.models import (
     DEFAULT_IMAGE_SIZE,
     ModelError,
@@ -114,6 +115,17 @@ def test_gradcam_layer_gives_spatial_maps_with_gradients(name):
         handle.remove()
     assert seen["features"].ndim == 4 and seen["features"].shape[-1] >= 2
     assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_trunk_block_gives_pooled_features_for_the_ood_check(name):
+    """The OOD check scores each trunk block: the hooks must fire for every block of every architecture,
+    including blocks that only group modules the backbone calls one by one (EfficientNet's stem)."""
+    model = build_model(name, 4, pretrained=False)
+    images = [np.random.default_rng(k).integers(0, 256, (64, 64), dtype=np.uint8) for k in range(3)]
+    probabilities, features = predict_with_features(model, images, 64)
+    assert probabilities.shape == (3, 4) and len(features) == len(model.blocks)
+    assert all(f.shape[0] == 3 and f.shape[1] > 0 and np.isfinite(f).all() for f in features)
 
 
 @pytest.mark.parametrize("variant", [0, 1, 2])
