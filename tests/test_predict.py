@@ -135,6 +135,15 @@ def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
     assert Path(grey_row["gradcam"]).is_file() and len(list((tmp_path / "cams").iterdir())) == 1
 
 
+def test_an_ood_check_of_an_older_format_is_refused_in_one_line(tmp_path, checkpoint):
+    old = tmp_path / "old.npz"
+    np.savez(old, means=np.zeros((1, 4)), precision=np.eye(4), threshold=1.0, quantile=0.99, checkpoint_sha256=file_sha256(checkpoint))
+    image = tmp_path / "x.png"
+    Image.fromarray(slice_like(0)).save(image)
+    result = CliRunner().invoke(app, ["predict", str(image), "--model", str(checkpoint), "--ood", str(old), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 1 and "another version of the check" in result.output and "rerun the evaluate stage" in result.output
+
+
 def test_an_ood_check_of_another_model_is_refused(tmp_path, checkpoint):
     other = tmp_path / "other.npz"
     OODCheck((LayerGaussian(np.zeros((1, 4)), np.eye(4)),), np.zeros(1), np.ones(1), 1.0, 0.99, "0" * 64).save(other)

@@ -93,7 +93,10 @@ def decoded_batches(inputs: list[Path], batch_size: int, skipped: list[dict]) ->
 
 def load_ood_check(path: Path, checkpoint: Path) -> OODCheck:
     """Load an out-of-distribution check and make sure it was fitted for ``checkpoint`` (by file hash)."""
-    check = OODCheck.load(path)
+    try:
+        check = OODCheck.load(path)
+    except KeyError as missing:  # e.g. a penultimate-layer-only check from before the per-block one
+        raise OODMismatch(f"{path} was written by another version of the check (no {missing}); rerun the evaluate stage") from None
     if check.checkpoint_sha256 != file_sha256(checkpoint):
         raise OODMismatch(
             f"{path} was fitted for another checkpoint than {checkpoint}; pass the --ood file the evaluate "
