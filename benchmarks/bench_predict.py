@@ -32,7 +32,7 @@ from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import CLASSES
 from brainmri.explain import gradcam_images
 from brainmri.imaging import decode_image
-from brainmri.inference import predict_with_features
+from brainmri.inference import logits_and_features
 from brainmri.models import DEFAULT_IMAGE_SIZE, build_model
 from brainmri.ood import OODCheck, file_sha256, fit_ood
 from brainmri.predict import LIMITS, predict_paths
@@ -61,7 +61,7 @@ def _checkpoint(name: str, folder: Path) -> Path:
 def _ood_file(checkpoint: Path, images: list[np.ndarray], folder: Path) -> Path:
     """An out-of-distribution check with the model's real feature size, fitted on the benchmark images."""
     model, meta = load_checkpoint(checkpoint)
-    _, features = predict_with_features(model, images, meta.image_size)
+    _, features = logits_and_features(model, images, meta.image_size)
     labels = np.arange(len(images)) % len(meta.classes)
     path = folder / f"{checkpoint.stem}.ood.npz"
     fit_ood(features, labels, features, 0.99, file_sha256(checkpoint)).save(path)
@@ -99,7 +99,7 @@ def measure(checkpoint: Path, folder: Path, images: int, repeats: int, batch_siz
 
     def one_image() -> None:
         pixels = decode_image(data, "bench", LIMITS)
-        _, features = predict_with_features(model, [pixels], meta.image_size)
+        _, features = logits_and_features(model, [pixels], meta.image_size)
         check.rejects(check.score(features))
 
     def one_gradcam() -> None:

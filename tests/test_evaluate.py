@@ -18,6 +18,7 @@ from brainmri.config import DedupConfig, EvaluateConfig, ExternalSetConfig
 from brainmri.evaluate import evaluate_model, gradcam_sample, present_macro_f1
 from brainmri.models import build_model
 from brainmri.ood import OODCheck, file_sha256
+from brainmri.temperature import Temperature
 from conftest import blob_image, write_grey_png
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -81,9 +82,16 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     assert ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
     assert ood["non_mri"]["n"] > 30 and 0 <= ood["non_mri"]["detection_rate"] <= 1
 
+    calibration = metrics["calibration"]
+    assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0
+    assert calibration["val"]["log_loss_calibrated"] <= calibration["val"]["log_loss_uncalibrated"], "fitted on val by log loss"
+    assert calibration["test"]["ece_calibrated"] == pytest.approx(metrics["test"]["ece"], abs=1e-4), "reported test metrics are calibrated"
+    assert calibration["test"]["log_loss_calibrated"] == pytest.approx(metrics["test"]["log_loss"], abs=1e-3)
+
     out = tmp_path / "evaluate"
     check = OODCheck.load(out / "ood.npz")
     assert check.checkpoint_sha256 == file_sha256(checkpoint) and check.quantile == 0.9
+    assert Temperature.load(out / "temperature.json", file_sha256(checkpoint)).value == pytest.approx(calibration["temperature"], abs=1e-4)
     overlays = sorted(p.relative_to(out / "gradcam").as_posix() for p in (out / "gradcam").rglob("*.png"))
     assert overlays and all(p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays)
     assert len(overlays) <= 2 * len(CLASSES)
@@ -96,7 +104,7 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     for heading in ("## Intended use", "## Data", "## Results", "## Explanations", "## Out-of-distribution check", "## Limitations"):
         assert heading in card, heading
     assert "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
-    assert "[95% CI]" in card and "source_a" in card
+    assert "[95% CI]" in card and "source_a" in card and "temperature-scaled" in card
 
     first = digest(tmp_path)
     run(tmp_path, table, checkpoint, reports=True)

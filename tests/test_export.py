@@ -14,12 +14,15 @@ from typer.testing import CliRunner
 from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.cli import app
 from brainmri.export import TOLERANCE
-from brainmri.inference import predict_with_features
+from brainmri.inference import logits_and_features
 from brainmri.models import build_model
+from brainmri.ood import file_sha256
 from brainmri.preprocess import to_model_input
+from brainmri.temperature import Temperature, softmax
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32
+TEMPERATURE = 0.5
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
 
 
@@ -33,7 +36,10 @@ def exported(tmp_path_factory):
     checkpoint = folder / "model.pt"
     model = build_model("small_cnn", len(CLASSES), pretrained=False)
     save_checkpoint(checkpoint, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="v1")
-    result = CliRunner().invoke(app, ["export", "--model", str(checkpoint), "--out-dir", str(folder / "out")])
+    Temperature(TEMPERATURE, file_sha256(checkpoint)).save(folder / "temperature.json")
+    result = CliRunner().invoke(
+        app, ["export", "--model", str(checkpoint), "--temperature", str(folder / "temperature.json"), "--out-dir", str(folder / "out")]
+    )
     assert result.exit_code == 0, result.output
     yield checkpoint, folder / "out"
     torch.set_num_threads(threads)
@@ -44,10 +50,12 @@ def images(n: int = 6) -> list[np.ndarray]:
     return [rng.integers(0, 256, (40 + 5 * k, 48), dtype=np.uint8) for k in range(n)]
 
 
-def test_both_exports_give_the_pytorch_probabilities(exported):
+def test_both_exports_give_the_pytorch_probabilities_at_the_fitted_temperature(exported):
     checkpoint, out = exported
     model, meta = load_checkpoint(checkpoint)
-    expected, _ = predict_with_features(model, images(), meta.image_size)
+    logits, _ = logits_and_features(model, images(), meta.image_size)
+    expected = softmax(logits, TEMPERATURE)
+    assert np.abs(expected - softmax(logits)).max() > 100 * TOLERANCE, "the temperature must visibly change these probabilities"
     batch = to_model_input(images(), meta.image_size)
     scripted = torch.jit.load(str(out / "model.ts"))
     with torch.inference_mode():
@@ -65,6 +73,7 @@ def test_exports_carry_classes_and_input_contract(exported):
     _, out = exported
     meta = json.loads((out / "model.json").read_text())
     assert meta["classes"] == CLASSES and meta["image_size"] == SIZE and meta["data_version"] == "v1"
+    assert meta["temperature"] == TEMPERATURE
     props = {p.key: json.loads(p.value) for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert props["classes"] == CLASSES and props["image_size"] == SIZE
     extra = {"meta.json": ""}

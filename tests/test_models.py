@@ -11,7 +11,7 @@ from sklearn.datasets import load_sample_image
 
 from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import MODEL_NAMES
-from brainmri.inference import predict_with_features
+from brainmri.inference import logits_and_features
 from brainmri.models import (
     DEFAULT_IMAGE_SIZE,
     ModelError,
@@ -123,8 +123,8 @@ def test_every_trunk_block_gives_pooled_features_for_the_ood_check(name):
     including blocks that only group modules the backbone calls one by one (EfficientNet's stem)."""
     model = build_model(name, 4, pretrained=False)
     images = [np.random.default_rng(k).integers(0, 256, (64, 64), dtype=np.uint8) for k in range(3)]
-    probabilities, features = predict_with_features(model, images, 64)
-    assert probabilities.shape == (3, 4) and len(features) == len(model.blocks)
+    logits, features = logits_and_features(model, images, 64)
+    assert logits.shape == (3, 4) and len(features) == len(model.blocks)
     assert all(f.shape[0] == 3 and f.shape[1] > 0 and np.isfinite(f).all() for f in features)
 
 

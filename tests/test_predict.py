@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.cli import app
 from brainmri.imaging import decode_image
-from brainmri.inference import predict_with_features
+from brainmri.inference import logits_and_features
 from brainmri.models import build_model
 from brainmri.ood import NOT_MRI, LayerGaussian, OODCheck, file_sha256
 from brainmri.predict import LIMITS, predict_paths
+from brainmri.temperature import Temperature, softmax
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32
@@ -112,7 +113,7 @@ def test_formats_of_one_image_agree(tmp_path, checkpoint):
 def _check_for(checkpoint: Path, accepted: np.ndarray, threshold: float) -> OODCheck:
     """A check centred on the features of ``accepted``: that image scores 0, anything else scores more."""
     model, meta = load_checkpoint(checkpoint)
-    _, features = predict_with_features(model, [accepted], meta.image_size)
+    _, features = logits_and_features(model, [accepted], meta.image_size)
     blocks = tuple(LayerGaussian(f, np.eye(f.shape[1])) for f in features)
     return OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), threshold, 0.99, file_sha256(checkpoint))
 
@@ -158,7 +159,7 @@ def test_cli_without_a_check_says_so_and_predicts(tmp_path, checkpoint, monkeypa
     Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
     result = CliRunner().invoke(app, ["predict", "x.png", "--model", str(checkpoint), "--out", "o.csv", "--gradcam", "cams"])
     assert result.exit_code == 0, result.output
-    assert "not checked for being brain MRI" in result.output
+    assert "not checked for being brain MRI" in result.output and "probabilities are not calibrated" in result.output
     assert len(pd.read_csv(tmp_path / "o.csv")) == 1 and len(list((tmp_path / "cams").glob("*.png"))) == 1
 
 
@@ -172,3 +173,24 @@ def test_batches_do_not_change_results(tmp_path, checkpoint):
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert list(a["file"]) == list(b["file"]) and len(a) == 7
     assert np.allclose(a[[f"p_{c}" for c in CLASSES]], b[[f"p_{c}" for c in CLASSES]], atol=1e-5)
+
+
+def test_the_evaluate_stages_temperature_is_applied(tmp_path, checkpoint, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
+    model, meta = load_checkpoint(checkpoint)
+    logits, _ = logits_and_features(model, [decode_image((tmp_path / "x.png").read_bytes(), "x", LIMITS)], meta.image_size)
+    Temperature(0.25, file_sha256(checkpoint)).save(tmp_path / "t.json")
+    result = CliRunner().invoke(app, ["predict", "x.png", "--model", str(checkpoint), "--no-ood", "--temperature", "t.json", "--out", "o.csv"])
+    assert result.exit_code == 0, result.output
+    reported = pd.read_csv(tmp_path / "o.csv")[[f"p_{c}" for c in CLASSES]].to_numpy()
+    assert np.allclose(reported, softmax(logits, 0.25), atol=1e-6)
+    assert not np.allclose(reported, softmax(logits), atol=1e-3), "the temperature must visibly sharpen these probabilities"
+
+
+def test_a_temperature_of_another_model_is_refused(tmp_path, checkpoint):
+    Temperature(0.5, "0" * 64).save(tmp_path / "t.json")
+    Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
+    args = ["predict", str(tmp_path / "x.png"), "--model", str(checkpoint), "--temperature", str(tmp_path / "t.json"), "--out", str(tmp_path / "o.csv")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "fitted for another checkpoint" in result.output

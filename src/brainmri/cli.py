@@ -131,6 +131,21 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 
 DEFAULT_OOD = Path("build/evaluate/ood.npz")
 """Where the evaluate stage (default params) writes the out-of-distribution check that ``predict`` uses."""
+DEFAULT_TEMPERATURE = Path("build/evaluate/temperature.json")
+"""Where the evaluate stage (default params) writes the temperature that ``predict`` and ``export`` apply."""
+
+
+def _fitted_file(given: Path | None, disabled: bool, default: Path, without: str) -> Path | None:
+    """The evaluate stage's file to use: none if ``disabled``, else ``given``, else ``default`` when it exists
+    (with a note saying what goes ``without`` it when it does not)."""
+    if disabled:
+        return None
+    if given is not None:
+        return given
+    if default.exists():
+        return default
+    typer.echo(f"note: no {default}; {without} (run the evaluate stage)", err=True)
+    return None
 
 
 @app.command()
@@ -144,27 +159,30 @@ def predict(
         typer.Option(help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."),
     ] = None,
     no_ood: Annotated[bool, typer.Option("--no-ood", help="Give every image a class, brain MRI or not.")] = False,
+    temperature: Annotated[
+        Path | None,
+        typer.Option(help=f"Temperature fitted by the evaluate stage (default: {DEFAULT_TEMPERATURE} when it exists)."),
+    ] = None,
+    no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Report the uncalibrated softmax.")] = False,
     gradcam: Annotated[Path | None, typer.Option(help="Folder for a Grad-CAM overlay PNG per image.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images decoded and predicted at a time.")] = 64,
 ) -> None:
     """Predict tumour class probabilities for new images with a trained checkpoint.
 
-    Reads the images and the checkpoint (which carries its own preprocessing) and the out-of-distribution
-    check of the evaluate stage. Writes one row per image to --out: images unlike the training MRI get
-    "not a brain MRI" and their score instead of a class; unreadable files are listed with a reason and
-    skipped. With --gradcam, writes one overlay PNG per predicted image there.
+    Reads the images and the checkpoint (which carries its own preprocessing), and the out-of-distribution
+    check and the temperature of the evaluate stage. Writes one row per image to --out: images unlike the
+    training MRI get "not a brain MRI" and their score instead of a class; the others get calibrated class
+    probabilities; unreadable files are listed with a reason and skipped. With --gradcam, writes one overlay
+    PNG per predicted image there.
     """
     from .predict import OODMismatch, predict_paths
+    from .temperature import TemperatureMismatch
 
-    if no_ood:
-        ood = None
-    elif ood is None and DEFAULT_OOD.exists():
-        ood = DEFAULT_OOD
-    elif ood is None:
-        typer.echo(f"note: no {DEFAULT_OOD}; images are not checked for being brain MRI (run the evaluate stage)", err=True)
+    ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
+    temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")
     try:
-        result = predict_paths(inputs, model, out, batch_size, ood=ood, gradcam_dir=gradcam)
-    except OODMismatch as error:
+        result = predict_paths(inputs, model, out, batch_size, ood=ood, temperature=temperature, gradcam_dir=gradcam)
+    except (OODMismatch, TemperatureMismatch) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
     _summary("predict", result)
@@ -175,17 +193,27 @@ def predict(
 def export(
     model: Annotated[Path, typer.Option(help="Checkpoint written by the train stage.")] = Path("build/model/model.pt"),
     out_dir: Annotated[Path, typer.Option(help="Folder for the exported files.")] = Path("build/export"),
+    temperature: Annotated[
+        Path | None,
+        typer.Option(help=f"Temperature fitted by the evaluate stage (default: {DEFAULT_TEMPERATURE} when it exists)."),
+    ] = None,
+    no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Export the uncalibrated softmax.")] = False,
 ) -> None:
-    """Export a checkpoint as TorchScript and ONNX, each returning softmax probabilities, and verify both.
+    """Export a checkpoint as TorchScript and ONNX, each returning calibrated softmax probabilities, and verify both.
 
-    Reads the checkpoint. Writes model.ts, model.onnx and model.json (classes, image size, input contract) to
-    --out-dir; exits 1 if either export's probabilities differ from PyTorch's.
+    Reads the checkpoint and the evaluate stage's temperature. Writes model.ts, model.onnx and model.json
+    (classes, image size, temperature, input contract) to --out-dir; exits 1 if either export's probabilities
+    differ from PyTorch's.
     """
     from .export import ExportMismatch, export_checkpoint
+    from .ood import file_sha256
+    from .temperature import Temperature, TemperatureMismatch
 
+    temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated")
     try:
-        _summary("export", export_checkpoint(model, out_dir))
-    except ExportMismatch as error:
+        value = Temperature.load(temperature, file_sha256(model)).value if temperature else 1.0
+        _summary("export", export_checkpoint(model, out_dir, temperature=value))
+    except (ExportMismatch, TemperatureMismatch) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None
 

@@ -285,6 +285,9 @@ class EvaluateConfig(_Strict):
     ood_quantile: float = Field(
         0.995, gt=0.5, le=1, description="out-of-distribution threshold: this quantile of the val images' scores"
     )
+    temperature_scaling: bool = Field(
+        True, description="fit a softmax temperature on val (by log-likelihood) and report calibrated probabilities"
+    )
     external: list[ExternalSetConfig] = Field(
         [], description="extra labelled sets evaluated under their own names, minus near-duplicates of train/val"
     )

@@ -3,8 +3,14 @@
 Writes ``metrics/metrics.json`` (DVC metrics), plot data under
 ``metrics/evaluate/`` (declared as DVC plots in ``dvc.yaml``) and, under
 ``evaluate.out_dir``: PNG figures, per-image predictions, Grad-CAM overlays
-(``gradcam/<class>/``), the fitted out-of-distribution check (``ood.npz``,
-which ``predict`` uses) and ``MODEL_CARD.md``.
+(``gradcam/<class>/``), the fitted out-of-distribution check (``ood.npz``)
+and temperature (``temperature.json``), which ``predict`` uses, and
+``MODEL_CARD.md``.
+
+Every probability reported (metrics, plots, predictions) is the calibrated
+one, ``softmax(logits / T)`` with ``T`` fitted on val, because that is what
+``predict`` and the exports give a user; ``metrics.json`` keeps the
+uncalibrated ECE and log loss beside under ``calibration``.
 
 Every output is a function of the inputs and the seed (no timings, no
 timestamps), so the reproducibility check can compare bytes.
@@ -29,11 +35,12 @@ from .config import DedupConfig, EvaluateConfig, ExternalSetConfig
 from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
 from .features import Fingerprints, compute_fingerprints, confirmed_pairs, fingerprint
 from .imaging import BadImage, decode_image
-from .inference import predict_with_features, read_grey_png
-from .metrics import bootstrap_ci, classification_metrics, reliability_table, tumour_detection
+from .inference import logits_and_features, read_grey_png
+from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
 from .ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
 from .predict import LIMITS, iter_inputs
 from .preprocess import resize_grey
+from .temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
 
 PLOT_SPLIT = "test"
 
@@ -78,6 +85,27 @@ def present_macro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
     return float(skm.f1_score(y, predicted, labels=present, average="macro", zero_division=0))
 
 
+def calibration_summary(logits: dict[str, np.ndarray], y: dict[str, np.ndarray], temperature: float) -> dict:
+    """The fitted temperature, and per split the ECE and log loss without it (``T = 1``) and with it.
+
+    Val is where the temperature was fitted, so only the test numbers say
+    how much calibration a new image gains.
+    """
+    result: dict = {"temperature": round(temperature, 4), "fitted_on": "val"}
+    for split, split_logits in logits.items():
+        if len(y[split]) == 0:
+            continue
+        result[split] = {
+            f"{name}_{label}": round(value, 4)
+            for label, t in (("uncalibrated", 1.0), ("calibrated", temperature))
+            for name, value in (
+                ("ece", expected_calibration_error(y[split], softmax(split_logits, t))),
+                ("log_loss", negative_log_likelihood(split_logits, y[split], t)),
+            )
+        }
+    return result
+
+
 def _write_plot_data(plots_dir: Path, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> None:
     """Confusion rows, one ROC and one PR curve file per class, and the reliability table (DVC plots)."""
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +144,7 @@ def _regions(rows: pd.DataFrame, size: int) -> list[np.ndarray | None]:
     return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"])]
 
 
-def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, predicted: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
+def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, proba: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
     """Localisation scores on every test image with a known tumour region, and the seeded overlay sample.
 
     Localisation explains the *true* class (does the evidence for the right
@@ -124,6 +152,7 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
     made the model say what it said).
     """
     classes = list(meta.classes)
+    predicted = proba.argmax(axis=1)
     regions = _regions(rows, meta.image_size)
     located = [i for i, region in enumerate(regions) if region is not None]
     cams, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located])
@@ -133,14 +162,14 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
     shutil.rmtree(gradcam_dir, ignore_errors=True)  # no overlays left over from a run with another sample
     sample = gradcam_sample(y, predicted, len(classes), cfg.gradcam_per_class, seed)
     originals = [read_grey_png(rows["path"].iloc[i]) for i in sample]
-    cams, proba = gradcam_images(model, originals, meta.image_size, targets=[int(predicted[i]) for i in sample])
+    cams, _ = gradcam_images(model, originals, meta.image_size, targets=[int(predicted[i]) for i in sample])
     panels = []
-    for i, original, cam, p in zip(sample, originals, cams, proba):
+    for i, original, cam in zip(sample, originals, cams):
         verdict = "correct" if predicted[i] == y[i] else "wrong"
         image_id = rows["image_id"].iloc[i]
         path = gradcam_dir / classes[y[i]] / f"{verdict}_{image_id}.png"
         save_overlay(path, original, cam, regions[i])
-        title = f"{classes[y[i]]} → {classes[predicted[i]]} ({p[predicted[i]]:.2f}), {verdict}\n{image_id}"
+        title = f"{classes[y[i]]} → {classes[predicted[i]]} ({proba[i, predicted[i]]:.2f}), {verdict}\n{image_id}"
         panels.append((path, title))
     return summarise_localisation(scores, classes), panels
 
@@ -222,7 +251,7 @@ def _external_metrics(y: np.ndarray, proba: np.ndarray, rejected: np.ndarray, cl
 
 
 def evaluate_external(
-    model, meta, check: OODCheck, reference: pd.DataFrame, cfg: EvaluateConfig, dedup: DedupConfig, seed: int
+    model, meta, check: OODCheck, temperature: float, reference: pd.DataFrame, cfg: EvaluateConfig, dedup: DedupConfig, seed: int
 ) -> dict:
     """Each external set: images overlapping train/val are listed (``external/<name>_overlaps.csv``), counted and
     left out of ``clean``; ``with_overlap`` shows the numbers they would have inflated."""
@@ -240,7 +269,8 @@ def evaluate_external(
         pairs = external_overlaps(prints, images, dedup)
         listing = pairs.assign(file=rows["file"].to_numpy(dtype=str)[pairs["row"].to_numpy(dtype=int)], split=pairs["image_id"].map(split_of))
         listing[["file", "image_id", "split", "hamming", "correlation"]].to_csv(out_dir / f"{spec.name}_overlaps.csv", index=False)
-        proba, features = predict_with_features(model, images, meta.image_size) if images else (np.zeros((0, len(classes))), None)
+        logits, features = logits_and_features(model, images, meta.image_size) if images else (np.zeros((0, len(classes))), None)
+        proba = softmax(logits, temperature)
         rejected = check.rejects(check.score(features)) if images else np.zeros(0, dtype=bool)
         y = rows["label"].map(classes.index).to_numpy()
         clean = ~np.isin(np.arange(len(rows)), pairs["row"])
@@ -284,16 +314,20 @@ def evaluate_model(
     classes = list(meta.classes)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     rows = {split: table[table["split"] == split].reset_index(drop=True) for split in ("train", "val", "test")}
-    images, proba, features = {}, {}, {}
+    images, logits, features = {}, {}, {}
     for split, members in rows.items():
         images[split] = load_resized(members["path"], meta.image_size)
-        proba[split], features[split] = predict_with_features(model, images[split], meta.image_size)
+        logits[split], features[split] = logits_and_features(model, images[split], meta.image_size)
     y = {split: members["label"].map(classes.index).to_numpy() for split, members in rows.items()}
+
+    temperature = fit_temperature(logits["val"], y["val"]) if cfg.temperature_scaling and len(y["val"]) else 1.0
+    Temperature(temperature, file_sha256(checkpoint_path)).save(cfg.out_dir / "temperature.json")
+    proba = {split: softmax(split_logits, temperature) for split, split_logits in logits.items()}
 
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")
     non_mri = non_mri_images(seed)
-    _, non_mri_features = predict_with_features(model, [image for _, _, image in non_mri], meta.image_size)
+    _, non_mri_features = logits_and_features(model, [image for _, _, image in non_mri], meta.image_size)
     ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features))
 
     results, predictions = {}, []
@@ -306,17 +340,17 @@ def evaluate_model(
             .join(pd.DataFrame(proba[split].round(6), columns=[f"p_{c}" for c in classes]))
             .assign(ood_score=scores.round(4), ood_verdict=np.where(check.rejects(scores), NOT_MRI, "brain MRI"))
         )
-    test_predicted = proba["test"].argmax(axis=1)
     _write_plot_data(metrics_dir / "evaluate", y["test"], proba["test"], classes)
     save_figures(y["test"], proba["test"], classes, metrics_dir / "train", cfg.out_dir)
-    located, panels = _explain(model, meta, rows["test"], images["test"], y["test"], test_predicted, cfg, seed)
+    located, panels = _explain(model, meta, rows["test"], images["test"], y["test"], proba["test"], cfg, seed)
     gradcam_figure(panels, cfg.out_dir / "gradcam.png")
     ood_figure(ood_scores, check.threshold, cfg.out_dir / "ood_scores.png")
 
-    payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "localisation": located, "ood": ood}
+    calibration = calibration_summary({s: logits[s] for s in ("val", "test")}, {s: y[s] for s in ("val", "test")}, temperature)
+    payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration, "localisation": located, "ood": ood}
     if cfg.external:
         known = pd.concat([rows["train"], rows["val"]], ignore_index=True)
-        payload["external"] = evaluate_external(model, meta, check, known, cfg, dedup, seed)
+        payload["external"] = evaluate_external(model, meta, check, temperature, known, cfg, dedup, seed)
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)
     reports = {name: json.loads(path.read_text()) for name, path in (("dedup", dedup_report), ("split", split_report)) if path and path.exists()}

@@ -3,8 +3,10 @@
 Both files take what the model takes, ``image`` ``[N, 1, S, S]`` float in
 [0, 1] (grey, resized to the checkpoint's ``image_size``; see
 ``brainmri.preprocess``), and return ``probabilities`` ``[N, classes]``: the
-softmax is part of the exported graph (``inference.ProbabilityModel``), so a
-consumer cannot forget it. The batch dimension is dynamic.
+softmax, at the temperature the evaluate stage fitted when one is given
+(``brainmri.temperature``), is part of the exported graph
+(``inference.ProbabilityModel``), so a consumer cannot forget it and gets
+the probabilities ``predict`` reports. The batch dimension is dynamic.
 
 The class names, image size and input contract travel inside each file (the
 TorchScript archive's ``extra_files["meta.json"]``, the ONNX model's
@@ -44,13 +46,14 @@ class ExportMismatch(RuntimeError):
     """An exported model does not reproduce the PyTorch probabilities."""
 
 
-def _meta(meta: CheckpointMeta, checkpoint: Path) -> dict:
+def _meta(meta: CheckpointMeta, checkpoint: Path, temperature: float) -> dict:
     return {
         "model": meta.model_name,
         "classes": list(meta.classes),
         "image_size": meta.image_size,
         "input": f"image: float32 [N, 1, {meta.image_size}, {meta.image_size}], grey in [0, 1]; see brainmri.preprocess",
-        "output": "probabilities: float32 [N, classes], softmax, in the order of 'classes'",
+        "output": "probabilities: float32 [N, classes], softmax(logits / temperature), in the order of 'classes'",
+        "temperature": temperature,
         "data_version": meta.data_version,
         "checkpoint_sha256": file_sha256(checkpoint),
     }
@@ -66,18 +69,18 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+def export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Path, meta: dict) -> None:
     with _quiet_jit():
-        traced = torch.jit.trace(ProbabilityModel(model).eval(), example)
+        traced = torch.jit.trace(model.eval(), example)
         torch.jit.save(traced, str(path), _extra_files={"meta.json": json.dumps(meta)})
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+def export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path, meta: dict) -> None:
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
-        ProbabilityModel(model).eval(),
+        model.eval(),
         (example,),
         dynamo=True,
         input_names=["image"],
@@ -92,12 +95,12 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, meta:
     onnx.save(proto, str(path))
 
 
-def max_differences(model: torch.nn.Module, torchscript: Path, onnx_path: Path, batch: torch.Tensor) -> dict[str, float]:
+def max_differences(model: ProbabilityModel, torchscript: Path, onnx_path: Path, batch: torch.Tensor) -> dict[str, float]:
     """Largest absolute probability difference of each export against PyTorch on ``batch``."""
     import onnxruntime
 
     with torch.inference_mode():
-        reference = ProbabilityModel(model).eval()(batch).numpy()
+        reference = model.eval()(batch).numpy()
         with _quiet_jit():
             scripted = torch.jit.load(str(torchscript))(batch).numpy()
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -108,11 +111,15 @@ def max_differences(model: torch.nn.Module, torchscript: Path, onnx_path: Path, 
     }
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0) -> dict:
-    """Write ``model.ts``, ``model.onnx`` and ``model.json`` under ``out_dir``; verify both exports; return paths and differences."""
-    model, meta = load_checkpoint(checkpoint)
+def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0, temperature: float = 1.0) -> dict:
+    """Write ``model.ts``, ``model.onnx`` and ``model.json`` under ``out_dir``; verify both exports; return paths and differences.
+
+    ``temperature``: the evaluate stage's fitted value (``Temperature.value``), divided into the logits before the softmax.
+    """
+    classifier, meta = load_checkpoint(checkpoint)
+    model = ProbabilityModel(classifier, temperature)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = _meta(meta, checkpoint)
+    info = _meta(meta, checkpoint, temperature)
     generator = torch.Generator().manual_seed(seed)
     size = meta.image_size
     example = torch.rand(2, 1, size, size, generator=generator)

@@ -46,12 +46,23 @@ def roc_figure(y: np.ndarray, proba: np.ndarray, classes: list[str], path: Path)
 
 
 def reliability_figure(y: np.ndarray, proba: np.ndarray, path: Path) -> None:
-    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    """Accuracy against confidence per bin; the diagonal is perfect calibration.
+
+    Each point is labelled with its image count: a good model puts nearly
+    every image in the top bin, and a bin of four images far off the
+    diagonal says little.
+    """
     table = pd.DataFrame(reliability_table(y, proba))
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     if len(table):
         axis.plot(table["confidence"], table["accuracy"], "o-")
+        for row in table.itertuples():
+            right = row.confidence > 0.9  # keep the top bin's label inside the axes
+            axis.annotate(
+                f"n={row.count}", (row.confidence, row.accuracy), textcoords="offset points",
+                xytext=(-4 if right else 4, -10), ha="right" if right else "left", fontsize=7,
+            )
     axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability (test)")
     _save(figure, path)
 

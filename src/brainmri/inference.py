@@ -1,6 +1,8 @@
-"""Batched inference shared by ``evaluate``, ``predict`` and ``export``: grey images in, probabilities out.
+"""Batched inference shared by ``evaluate``, ``predict`` and ``export``: grey images in, logits out.
 
-Besides the class probabilities, ``predict_with_features`` returns the
+``logits_and_features`` returns logits, not probabilities, so that the
+temperature fitted by the evaluate stage (``brainmri.temperature``) can be
+applied before the softmax. Besides the logits it returns the
 globally average-pooled output of every trunk block from the same forward
 pass: the out-of-distribution check (``brainmri.ood``) measures how far an
 image lies from the training images in those spaces, so it costs no second
@@ -26,14 +28,15 @@ def read_grey_png(path) -> np.ndarray:
 
 
 class ProbabilityModel(nn.Module):
-    """A classifier with softmax on top: what ``predict`` reports and what ``export`` ships."""
+    """A classifier with the calibrated softmax on top, ``softmax(logits / temperature)``: what ``export`` ships."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.classifier = classifier
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.classifier(x).float(), dim=1)
+        return torch.softmax(self.classifier(x).float() / self.temperature, dim=1)
 
 
 def block_ends(model: nn.Module) -> list[nn.Module]:
@@ -48,10 +51,13 @@ def block_ends(model: nn.Module) -> list[nn.Module]:
 
 
 @torch.inference_mode()
-def predict_with_features(
+def logits_and_features(
     model: nn.Module, images: Sequence[np.ndarray], image_size: int, batch_size: int = 64
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Softmax probabilities ``[N, classes]`` and, per trunk block, the pooled features ``[N, D_block]`` (float64)."""
+    """Logits ``[N, classes]`` and, per trunk block, the pooled features ``[N, D_block]`` (both float64).
+
+    ``brainmri.temperature.softmax`` turns the logits into probabilities.
+    """
     model.eval()
     device = next(model.parameters()).device
     ends = block_ends(model)
@@ -65,7 +71,7 @@ def predict_with_features(
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = to_model_input(images[start : start + batch_size], image_size).to(device)
-            chunks.append(torch.softmax(model(batch).float(), dim=1).cpu())
+            chunks.append(model(batch).float().cpu())
     finally:
         for hook in hooks:
             hook.remove()

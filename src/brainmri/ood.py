@@ -4,7 +4,7 @@ A classifier gives one of four tumour classes to anything, a cat photo
 included. Before trusting a class, ``predict`` asks how far the image lies
 from the training images in the model's own feature space, with the feature
 ensemble of Lee et al. (2018): at the end of every trunk block
-(``brainmri.inference.predict_with_features``), the globally average-pooled
+(``brainmri.inference.logits_and_features``), the globally average-pooled
 activations are compared with the training images' by the Mahalanobis
 distance to the nearest class mean (one mean per class, one covariance
 shared by all classes). The covariance is a Ledoit-Wolf shrinkage estimate,
@@ -117,7 +117,7 @@ class OODCheck:
     def score(self, features: Sequence[np.ndarray]) -> np.ndarray:
         """Mean over blocks of the standardised distance ``[N]``; larger is further from the training MRI.
 
-        ``features``: one ``[N, D_block]`` array per block, as ``predict_with_features`` returns them.
+        ``features``: one ``[N, D_block]`` array per block, as ``logits_and_features`` returns them.
         """
         if len(features) != len(self.layers):
             raise ValueError(f"the check has {len(self.layers)} feature blocks, got {len(features)}")

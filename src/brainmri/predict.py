@@ -8,8 +8,10 @@ the rest are still predicted.
 
 With an out-of-distribution check (``brainmri.ood``, fitted by the evaluate
 stage), an image unlike the training MRI gets ``not a brain MRI`` and its
-score instead of a class. Images are processed ``batch_size`` at a time, so a
-large folder never sits in memory decoded.
+score instead of a class. With the evaluate stage's temperature
+(``brainmri.temperature``), the probabilities are calibrated ones. Images
+are processed ``batch_size`` at a time, so a large folder never sits in
+memory decoded.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import pandas as pd
 from .checkpoint import load_checkpoint
 from .config import MergeConfig
 from .imaging import BadImage, decode_image
-from .inference import predict_with_features
+from .inference import logits_and_features
 from .ood import NOT_MRI, OODCheck, file_sha256
+from .temperature import Temperature, softmax
 from .sources.safe_zip import BadArchive, MemberError, Refused, SafeZip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
@@ -117,21 +120,26 @@ def predict_paths(
     batch_size: int = 64,
     *,
     ood: Path | None = None,
+    temperature: Path | None = None,
     gradcam_dir: Path | None = None,
 ) -> dict:
     """Predict every readable image under ``inputs``; write ``out`` (.csv or .json) and return counts.
 
     ``ood``: an ``ood.npz`` from the evaluate stage; images it rejects get
-    ``not a brain MRI`` and no probabilities. ``gradcam_dir``: write a
-    Grad-CAM overlay of the predicted class for each accepted image there.
+    ``not a brain MRI`` and no probabilities. ``temperature``: the evaluate
+    stage's ``temperature.json``, applied to the logits (none: the raw
+    softmax). ``gradcam_dir``: write a Grad-CAM overlay of the predicted
+    class for each accepted image there.
     """
     model, meta = load_checkpoint(checkpoint)
     check = load_ood_check(ood, checkpoint) if ood is not None else None
+    scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
     classes = list(meta.classes)
     columns = ["file", "predicted", *(["ood_score"] if check else []), *[f"p_{c}" for c in classes], *(["gradcam"] if gradcam_dir else [])]
     rows, skipped = [], []
     for names, images in decoded_batches(inputs, batch_size, skipped):
-        proba, features = predict_with_features(model, images, meta.image_size, batch_size)
+        logits, features = logits_and_features(model, images, meta.image_size, batch_size)
+        proba = softmax(logits, scale)
         scores = check.score(features) if check else None
         rejected = check.rejects(scores) if check else np.zeros(len(names), dtype=bool)
         batch_rows = []
