@@ -2,8 +2,9 @@
 
 A network's softmax is not a probability until it is calibrated. Label
 smoothing (``train.label_smoothing``) pulls it towards uniform: on the real
-mirror, EfficientNet-Lite0 trained with smoothing 0.1 said 0.85 where it was
-right 99% of the time (test expected calibration error 0.080). Temperature
+mirror, EfficientNet-Lite0 trained with smoothing 0.1 was right on 99.3% of
+the test images with a mean confidence of about 0.91 (expected calibration
+error 0.080; 0.005 after scaling with T = 0.48). Temperature
 scaling (Guo et al., 2017) divides the logits by one scalar ``T`` fitted on
 the **validation** images by minimising their negative log-likelihood;
 ``T < 1`` sharpens, ``T > 1`` softens. The arg-max, and so accuracy and every
