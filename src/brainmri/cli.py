@@ -206,13 +206,11 @@ def export(
     differ from PyTorch's.
     """
     from .export import ExportMismatch, export_checkpoint
-    from .ood import file_sha256
-    from .temperature import Temperature, TemperatureMismatch
+    from .temperature import TemperatureMismatch
 
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated")
     try:
-        value = Temperature.load(temperature, file_sha256(model)).value if temperature else 1.0
-        _summary("export", export_checkpoint(model, out_dir, temperature=value))
+        _summary("export", export_checkpoint(model, out_dir, temperature=temperature))
     except (ExportMismatch, TemperatureMismatch) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

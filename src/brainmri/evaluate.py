@@ -322,7 +322,7 @@ def evaluate_model(
 
     temperature = fit_temperature(logits["val"], y["val"]) if cfg.temperature_scaling and len(y["val"]) else 1.0
     Temperature(temperature, file_sha256(checkpoint_path)).save(cfg.out_dir / "temperature.json")
-    proba = {split: softmax(split_logits, temperature) for split, split_logits in logits.items()}
+    proba = {split: softmax(logits[split], temperature) for split in ("val", "test")}
 
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")

@@ -35,6 +35,7 @@ import torch
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .inference import ProbabilityModel
 from .ood import file_sha256
+from .temperature import Temperature
 
 TOLERANCE = 1e-4
 """Largest allowed absolute difference in any probability between PyTorch and an export."""
@@ -111,15 +112,17 @@ def max_differences(model: ProbabilityModel, torchscript: Path, onnx_path: Path,
     }
 
 
-def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0, temperature: float = 1.0) -> dict:
+def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0, temperature: Path | None = None) -> dict:
     """Write ``model.ts``, ``model.onnx`` and ``model.json`` under ``out_dir``; verify both exports; return paths and differences.
 
-    ``temperature``: the evaluate stage's fitted value (``Temperature.value``), divided into the logits before the softmax.
+    ``temperature``: the evaluate stage's ``temperature.json`` for this
+    checkpoint, divided into the logits before the softmax (none: ``T = 1``).
     """
     classifier, meta = load_checkpoint(checkpoint)
-    model = ProbabilityModel(classifier, temperature)
+    scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
+    model = ProbabilityModel(classifier, scale)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = _meta(meta, checkpoint, temperature)
+    info = _meta(meta, checkpoint, scale)
     generator = torch.Generator().manual_seed(seed)
     size = meta.image_size
     example = torch.rand(2, 1, size, size, generator=generator)
