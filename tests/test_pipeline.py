@@ -41,7 +41,8 @@ def make_project(where: Path) -> Path:
         shutil.copy(ROOT / ".dvc" / name, repo / ".dvc" / name)
     (repo / "data").mkdir()
     (repo / "metrics").mkdir()
-    shutil.copy(ROOT / "metrics" / "dedup_calibration.json", repo / "metrics")
+    for name in ("dedup_calibration.json", "linker_calibration.json"):
+        shutil.copy(ROOT / "metrics" / name, repo / "metrics")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["synthetic"].update(images_per_class=6)
     params["train"].update(epochs=2, image_size=32, batch_size=16)
@@ -73,7 +74,14 @@ def test_pipeline_writes_metrics_and_plots(pipeline):
     assert dedup["pairs"]["near"]["across_sources"] > 0, "the planted cross-source copies were not found"
     assert dedup["label_conflicts"]["clusters"] > 0, "the planted label conflicts were not found"
     split = json.loads((pipeline / "metrics" / "split.json").read_text())
-    assert split["leakage"] == {"cross_split_duplicate_pairs": 0, "patients_in_several_splits": 0}
+    leakage = split["leakage"]
+    assert leakage.pop("patients_in_several_splits_by_source") == {}
+    assert leakage == {
+        "cross_split_duplicate_pairs": 0,
+        "patients_in_several_splits": 0,
+        "same_picture_pairs_across_splits": 0,
+        "linker_pairs_across_splits": 0,
+    }
     datasheet = (pipeline / "build" / "dataset" / "DATASHEET.md").read_text()
     assert "Measured on a held-out calibration set of real images" in datasheet
     assert list((pipeline / "build" / "dataset" / "test").glob("*/*.png"))

@@ -213,7 +213,22 @@ class SplitConfig(_Strict):
             "labels and keeps groups small (largest 25), 0.7 chains 337 images into one group"
         ),
     )
+    linker_correlation: float | None = Field(
+        0.92,
+        ge=-1,
+        le=1,
+        description=(
+            "same-patient linker for images without a patient id: each joins its nearest neighbour of the same "
+            "source and label when their 32x32 thumbnails correlate this much (brainmri.linker); null: off"
+        ),
+    )
+    same_picture_correlation: float | None = Field(
+        0.97, ge=-1, le=1, description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off"
+    )
     folds: int = Field(0, ge=0, description="also assign train+val rows to this many grouped, stratified folds; 0: off")
+    table_folds: bool = Field(
+        False, description="fold column from the sources' patient tables (figshare: the original 5 patient folds)"
+    )
     holdout_source: str | None = Field(
         None, description="leave-one-source-out: every image of this source is the test set, the rest train/val"
     )
@@ -365,6 +380,8 @@ class Config(_Strict):
             raise ValueError(f"split.holdout_source {holdout!r} is not in source set {self.fetch.source_set!r}")
         if self.split.folds == 1:
             raise ValueError("split.folds must be 0 (off) or at least 2")
+        if self.split.folds and self.split.table_folds:
+            raise ValueError("split.folds and split.table_folds are exclusive: one fold column at a time")
         return self
 
     def active_sources(self) -> dict[str, SourceConfig]:

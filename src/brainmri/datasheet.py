@@ -38,6 +38,31 @@ def calibration_line(calibration_path: Path, thresholds: dict) -> str:
     )
 
 
+def linker_line(calibration_path: Path, threshold: float | None) -> str:
+    """The measured precision of the same-patient linker at this threshold, if the calibration measured it."""
+    if threshold is None:
+        return "Same-patient linker: off (images without a patient id are grouped only by near-identical pictures)."
+    if not calibration_path.exists():
+        return f"Same-patient linker at {threshold}: not calibrated ({calibration_path} missing: run benchmarks/calibrate_linker.py)."
+    calibration = json.loads(calibration_path.read_text())
+    chosen = next(
+        (r for r in calibration["results"] if r["feature"] == "thumb32" and r["rule"] == "nearest" and r["threshold"] == threshold),
+        None,
+    )
+    if chosen is None:
+        return f"Same-patient linker at {threshold}: {calibration_path} measured other thresholds; this one is not measured."
+    held = chosen["held_out"]
+    return (
+        f"Same-patient linker (images without a patient id; each joins its nearest neighbour of the same source and "
+        f"label at 32x32 thumbnail correlation >= {threshold}), measured on held-out figshare patients "
+        f"({held['images']} images): link precision {held['precision']:.3f}, adjacent-slice recall "
+        f"{held['adjacent_slice_recall']:.3f}, recall of all same-patient pairs {held['recall']:.3f}; once chained, "
+        f"{held['chained']['pair_precision']:.3f} of the pairs a group holds are one patient (largest group "
+        f"{held['chained']['largest_group']}). Calibrated on figshare (T1-CE, 512 px), applied to other sources: "
+        f"their precision is not measured."
+    )
+
+
 def write_datasheet(
     cfg: Config,
     dedup_manifest: pd.DataFrame,
@@ -46,6 +71,7 @@ def write_datasheet(
     split_report: dict,
     path: Path,
     calibration_path: Path = Path("metrics/dedup_calibration.json"),
+    linker_calibration_path: Path = Path("metrics/linker_calibration.json"),
 ) -> None:
     """Write ``DATASHEET.md``: sources and licences, counts before/after dedup, thresholds, split sizes, caveats."""
     sources = cfg.active_sources()
@@ -55,6 +81,9 @@ def write_datasheet(
     after.index.name = "source"
     sizes = pd.crosstab(split_table["split"], split_table["label"]).reindex(["train", "val", "test"]).fillna(0).astype(int)
     sizes.index.name = "split"
+    with_patient = (split_table["patients"] != "").map({True: "with patient id", False: "without (linker only)"})
+    patients = pd.crosstab(split_table["source"], with_patient)
+    patients.index.name = "source"
     lines = [
         "# Datasheet: curated brain-MRI tumour dataset",
         "",
@@ -88,9 +117,22 @@ def write_datasheet(
         "",
         _table(sizes),
         "",
-        f"Grouped by patient: {cfg.split.group_by_patient}; similar-slice grouping at correlation "
-        f"{cfg.split.group_correlation} within pHash radius {cfg.split.group_max_hamming}. Leakage audit: {split_report['leakage']['cross_split_duplicate_pairs']} duplicate "
-        f"pairs and {split_report['leakage']['patients_in_several_splits']} patients across splits.",
+        "Images are grouped, and a group never straddles two splits. How each source was grouped "
+        "(images with a patient id: own, or carried from any image of their dedup cluster):",
+        "",
+        _table(patients),
+        "",
+        f"Patient ids: {'used' if cfg.split.group_by_patient else 'not used'} (`.mat` PIDs, patient tables). "
+        + linker_line(linker_calibration_path, cfg.split.linker_correlation if cfg.split.group_by_patient else None),
+        "",
+        f"Also kept together: same pictures (32x32 thumbnail correlation >= {cfg.split.same_picture_correlation}, any "
+        f"source and label) and similar slices (core-frame correlation >= {cfg.split.group_correlation} within pHash "
+        f"radius {cfg.split.group_max_hamming}). Links made: {split_report.get('links', {})}; "
+        f"{split_report['groups']} groups, the largest of {split_report['largest_group']} images.",
+        "",
+        "Leakage audit (recomputed after the split): "
+        + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in split_report["leakage"].items() if isinstance(v, int))
+        + ".",
         "",
         "## Known caveats",
         "",

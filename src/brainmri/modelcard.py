@@ -96,8 +96,10 @@ def _data(table: pd.DataFrame, reports: dict) -> list[str]:
         lines += [
             f"- Split: {split['images']} images in {split.get('groups', 'n/a')} groups (patients and near-identical "
             f"neighbours stay in one split); not one of the classes, so not split: {excluded}.",
-            f"- Leakage audit: {leakage.get('cross_split_duplicate_pairs', 'n/a')} duplicate pairs and "
-            f"{leakage.get('patients_in_several_splits', 'n/a')} patients across splits.",
+            f"- Leakage audit: {leakage.get('cross_split_duplicate_pairs', 'n/a')} duplicate pairs, "
+            f"{leakage.get('same_picture_pairs_across_splits', 'n/a')} same-picture pairs, "
+            f"{leakage.get('patients_in_several_splits', 'n/a')} patients and "
+            f"{leakage.get('linker_pairs_across_splits', 'n/a')} linked same-patient pairs across splits.",
         ]
     if not reports:
         lines.append("- (The dedup and split reports were not given to the evaluate stage; counts below are from the split table.)")
