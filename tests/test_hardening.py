@@ -134,3 +134,72 @@ def test_a_merged_mat_never_carries_a_local_file_into_the_build(tmp_path):
     report = merge_sources({"mats": [archive]}, {"mats": MATS}, LIMITS.model_copy(update={"out_dir": tmp_path / "merged"}), workers=1)
     assert (report.images, report.rejected, report.reject_reasons) == (0, 1, {"refused .mat": 1})
     assert not list((tmp_path / "merged" / "images").rglob("*.png"))
+
+
+def _die(*_args) -> None:
+    """A merge worker's start that is killed at once, as the OOM killer would kill it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_killed_worker_is_one_line_and_the_previous_outputs_stay_whole(tmp_path, monkeypatch):
+    from brainmri import merge
+
+    archive = write_zip(tmp_path / "mats.zip", [(f"{k}.mat", hostile_mat(tmp_path, lambda group, _path: good_fields(group))) for k in range(4)])
+    cfg = LIMITS.model_copy(update={"out_dir": tmp_path / "build" / "merged"})
+    merge_sources({"mats": [archive]}, {"mats": MATS}, cfg, workers=1)
+    before = snapshot(cfg.out_dir)
+    assert len(before) == 6  # 4 images, manifest, rejects
+    monkeypatch.setattr(merge, "_start_worker", _die)
+    with pytest.raises(MergeError, match=r"^merge: a worker process died .*build/merged is left as it was"):
+        merge_sources({"mats": [archive]}, {"mats": MATS}, cfg, workers=2)
+    assert snapshot(cfg.out_dir) == before
+    assert sorted(p.name for p in cfg.out_dir.parent.iterdir()) == ["merged"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p["fetch"].update(out_dir="data"), "fetch.out_dir 'data' must be a folder inside build/"),
+        (lambda p: p["fetch"].update(out_dir=".", data_dir="build/raw"), "fetch.out_dir '.' must be a folder inside build/"),
+        (lambda p: p["fetch"].update(data_dir="build/raw"), "fetch.out_dir 'build/raw' overlaps the input folder fetch.data_dir"),
+        (lambda p: p["merge"].update(out_dir="build"), "merge.out_dir 'build' must be a folder inside build/"),
+        (lambda p: p["merge"].update(out_dir="build/../.."), "must be a folder inside build/"),
+        (lambda p: p["dedup"].update(out_dir="build/merged"), "dedup.out_dir 'build/merged' overlaps merge.out_dir"),
+        (lambda p: p["split"].update(dataset_dir="build/split/dataset"), "split.dataset_dir 'build/split/dataset' overlaps split.out_dir"),
+        (lambda p: p["fetch"].update(mirrors=["build/model/mirror"]), "train.out_dir 'build/model' overlaps the input folder fetch.mirrors[0]"),
+        (lambda p: p["sources"].update({"../../../x": p["sources"]["demo_kaggle"]}), "source name(s) ['../../../x'] must be plain folder names"),
+        (lambda p: p["sources"]["demo_kaggle"]["files"][0].update(name="../../x.zip"), "sources.demo_kaggle.files.0.name: String should match pattern"),
+        (lambda p: p["evaluate"].update(external=[{"name": "..", "path": "x", "labels": {"a": "glioma"}}]), "evaluate.external.0.name"),
+        (lambda p: p.update(seed=-1), "seed: Input should be greater than or equal to 0"),
+        (lambda p: p.update(seed=2**40), "seed: Input should be less than or equal to 4294967295"),
+        (lambda p: p["train"].update(image_size=100000), "train.image_size: Input should be less than or equal to 1024"),
+        (lambda p: p.pop("train"), "train: Field required"),
+    ],
+)
+def test_dangerous_params_are_refused_in_one_line(params, edit, message):
+    from brainmri.config import ConfigError, parse_config
+
+    edit(params)
+    with pytest.raises(ConfigError) as error:
+        parse_config(params, origin="params.yaml")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["binary", "folder"])
+def test_params_that_are_not_a_text_file_are_one_line(tmp_path, kind):
+    from typer.testing import CliRunner
+
+    from brainmri.cli import app
+
+    path = tmp_path / "params.yaml"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(bytes(range(256)) * 4)
+    result = CliRunner().invoke(app, ["merge", "--params", str(path)])
+    expected = "is a folder, not a params file" if kind == "folder" else "not a text file (params must be YAML)"
+    assert result.exit_code == 1 and result.output == f"error: {path}: {expected}\n"
