@@ -203,3 +203,196 @@ def test_params_that_are_not_a_text_file_are_one_line(tmp_path, kind):
     result = CliRunner().invoke(app, ["merge", "--params", str(path)])
     expected = "is a folder, not a params file" if kind == "folder" else "not a text file (params must be YAML)"
     assert result.exit_code == 1 and result.output == f"error: {path}: {expected}\n"
+
+
+# --- predict: checkpoints, fitted files, --out and inputs from strangers ------------------------------------------
+
+CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+
+
+@pytest.fixture
+def model_file(tmp_path) -> Path:
+    import torch
+
+    from brainmri.checkpoint import save_checkpoint
+    from brainmri.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, build_model("small_cnn", 4, pretrained=False), model_name="small_cnn", classes=CLASSES, image_size=32, params={}, data_version="t")
+    return path
+
+
+@pytest.fixture
+def scan(tmp_path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "scans" / "a.png"
+    path.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 40), dtype=np.uint8)).save(path)
+    return path
+
+
+def predict_cli(*args: str):
+    """Run ``brainmri predict``; every failure must be exactly one ``error:`` line and exit status 1."""
+    from typer.testing import CliRunner
+
+    from brainmri.cli import app
+
+    return CliRunner().invoke(app, ["predict", "--no-ood", "--no-temperature", *map(str, args)])
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("skipped ")]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and "Aborted" not in result.output
+    return lines[0]
+
+
+def _edited(model_file: Path, tmp_path: Path, edit) -> Path:
+    import torch
+
+    payload = torch.load(model_file, weights_only=True)
+    edit(payload)
+    path = tmp_path / "edited.pt"
+    torch.save(payload, path)
+    return path
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def bad_checkpoint(kind: str, model_file: Path, tmp_path: Path) -> Path:
+    import torch
+
+    from brainmri.models import build_model
+
+    path = tmp_path / f"{kind}.pt"
+    if kind == "text":
+        path.write_text("this is not a model\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "bare_tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "malicious_pickle":
+        torch.save({"format_version": 1, "payload": _Evil()}, path)
+    elif kind == "other_architecture":
+        return _edited(model_file, tmp_path, lambda p: p.update(state_dict=build_model("resnet18", 4, pretrained=False).state_dict()))
+    elif kind == "three_classes":
+        return _edited(model_file, tmp_path, lambda p: p.update(classes=CLASSES[:3]))
+    elif kind == "no_image_size":
+        return _edited(model_file, tmp_path, lambda p: p.pop("image_size"))
+    elif kind == "negative_image_size":
+        return _edited(model_file, tmp_path, lambda p: p.update(image_size=-96))
+    elif kind == "folder":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("text", "not a checkpoint ("),
+        ("empty", "not a checkpoint (EOFError"),
+        ("bare_tensor", "holds a Tensor, not a checkpoint"),
+        ("malicious_pickle", "refused: it holds pickled objects other than tensors"),
+        ("other_architecture", "its weights do not fit a small_cnn with 4 classes"),
+        ("three_classes", "its weights do not fit a small_cnn with 3 classes"),
+        ("no_image_size", "'image_size' must be a whole number from 16 to 1024, got None"),
+        ("negative_image_size", "'image_size' must be a whole number from 16 to 1024, got -96"),
+        ("folder", "not a file"),
+        ("absent", "no such checkpoint file"),
+    ],
+)
+def test_bad_checkpoints_are_one_line_and_run_no_code(tmp_path, model_file, scan, monkeypatch, kind, message):
+    monkeypatch.chdir(tmp_path)
+    path = bad_checkpoint(kind, model_file, tmp_path)
+    out = tmp_path / "predictions.csv"
+    out.write_text("previous results\n")
+    line = one_error_line(predict_cli(scan, "--model", path, "--out", out))
+    assert line.startswith(f"error: {path}: ") and message in line
+    assert not (tmp_path / "pwned").exists()
+    assert out.read_text() == "previous results\n"  # a failed run leaves the old table whole
+    assert [p.name for p in tmp_path.glob(".predictions.csv.*")] == []  # and no temporary file
+
+
+@pytest.mark.parametrize("kind", ["text", "pickled_object", "npy"])
+def test_a_bad_ood_file_is_one_line(tmp_path, model_file, scan, kind):
+    path = tmp_path / "ood.npz"
+    if kind == "text":
+        path.write_text("not numpy")
+    elif kind == "pickled_object":
+        np.savez(path, loc=np.array([{"a": 1}], dtype=object))
+    else:
+        np.save(tmp_path / "ood.npy", np.zeros(3))
+        (tmp_path / "ood.npy").rename(path)
+    from typer.testing import CliRunner
+
+    from brainmri.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(scan), "--model", str(model_file), "--ood", str(path), "--no-temperature", "--out", str(tmp_path / "p.csv")])
+    assert f"{path}: not an out-of-distribution check written by the evaluate stage" in one_error_line(result)
+
+
+@pytest.mark.parametrize("where", ["folder", "/dev/full", "input", "checkpoint", "under_a_file"])
+def test_out_is_checked_before_any_work_and_never_overwrites_an_input(tmp_path, model_file, scan, where):
+    before = {p: p.read_bytes() for p in (scan, model_file)}
+    out = {
+        "folder": tmp_path / "scans",
+        "/dev/full": Path("/dev/full"),
+        "input": scan,
+        "checkpoint": model_file,
+        "under_a_file": scan / "p.csv",
+    }[where]
+    # a checkpoint that would fail to load shows that --out is checked first
+    model = model_file if where in ("input", "checkpoint") else tmp_path / "absent.pt"
+    line = one_error_line(predict_cli(scan, "--model", model, "--out", out))
+    expected = {
+        "folder": "exists and is not a regular file",
+        "/dev/full": "exists and is not a regular file",
+        "input": "is an input; refusing to overwrite it",
+        "checkpoint": "is the checkpoint; refusing to overwrite it",
+        "under_a_file": f"cannot write there (File exists: {scan})",
+    }[where]
+    assert line.startswith(f"error: --out {out}") and expected in line
+    assert {p: p.read_bytes() for p in (scan, model_file)} == before
+
+
+def test_nothing_readable_is_an_error_not_an_empty_table(tmp_path, model_file):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no images here")
+    (notes / "fake.png").write_text("text named like an image")
+    line = one_error_line(predict_cli(tmp_path / "missing.png", notes, "--model", model_file, "--out", tmp_path / "p.csv"))
+    assert "nothing readable to predict" in line and "2 file(s) skipped" in line and "missing.png: not found" in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_unreadable_and_oversize_files_are_skipped_with_a_reason_and_listed_in_the_csv(tmp_path, model_file, scan, monkeypatch):
+    import pandas as pd
+
+    locked = scan.with_name("locked.png")
+    locked.write_bytes(scan.read_bytes())
+    huge = scan.with_name("huge.png")
+    with huge.open("wb") as handle:  # sparse: 250 MB on paper, nothing on disk, and never read
+        handle.truncate(250_000_000)
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "huge.png":
+            raise AssertionError("an oversize file was read")
+        if self.name == "locked.png":
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    out = tmp_path / "p.csv"
+    result = predict_cli(scan.parent, "--model", model_file, "--out", out)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, keep_default_na=False).set_index("file")
+    assert table.loc[str(scan), "predicted"] in CLASSES and table.loc[str(scan), "error"] == ""
+    assert table.loc[str(locked), "error"] == "unreadable file: Permission denied"
+    assert table.loc[str(huge), "error"] == "oversize file: 250000000 bytes > max_member_bytes 200000000"
+    assert table.loc[str(huge), "predicted"] == ""

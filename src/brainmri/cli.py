@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 from pathlib import Path
 from typing import Annotated
 
@@ -23,13 +24,21 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated pa
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from .checkpoint import CheckpointError
     from .download import DownloadError
     from .dvc_run import DvcError
     from .fetch import FetchError
+    from .merge import MergeError
     from .models import ModelError
+    from .predict import PredictError
     from .split import LeakageError
 
-    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, FileNotFoundError)
+    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, CheckpointError, MergeError, PredictError)
+
+
+EDGE_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
+"""What bad input raises from deeper down (a file that cannot be read or parsed): caught here, at the edge,
+shown as one line with its type, rather than by widening every call site."""
 
 
 def _reports_errors(command):
@@ -41,6 +50,11 @@ def _reports_errors(command):
             return command(*args, **kwargs)
         except _user_errors() as error:
             typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except typer.Exit:  # a RuntimeError too, but the commands' own way out
+            raise
+        except EDGE_ERRORS as error:
+            typer.echo(f"error: {type(error).__name__}: {' '.join(str(error).split())[:300]}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
