@@ -396,3 +396,98 @@ def test_unreadable_and_oversize_files_are_skipped_with_a_reason_and_listed_in_t
     assert table.loc[str(locked), "error"] == "unreadable file: Permission denied"
     assert table.loc[str(huge), "error"] == "oversize file: 250000000 bytes > max_member_bytes 200000000"
     assert table.loc[str(huge), "predicted"] == ""
+
+
+# --- fuzz: a few hundred mutated files through merge and predict ------------------------------------------------
+
+
+def _image_bytes(rng: np.random.Generator, fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    size = tuple(int(v) for v in rng.integers(32, 64, 2))
+    Image.fromarray(rng.integers(0, 255, size[::-1], dtype=np.uint8)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _mat_bytes(tmp_path: Path) -> bytes:
+    return hostile_mat(tmp_path, lambda group, _path: good_fields(group))
+
+
+def mutate(rng: np.random.Generator, data: bytes) -> tuple[str, bytes]:
+    """One seeded mutation of ``data``: kept, truncated, bit-flipped, random bytes, empty, or a random tail."""
+    kind = str(rng.choice(["intact", "truncated", "bitflip", "random", "empty", "tail"]))
+    if kind == "truncated":
+        data = data[: int(rng.integers(0, len(data)))]
+    elif kind == "bitflip":
+        raw = bytearray(data)
+        for position in rng.integers(0, len(raw), int(rng.integers(1, 16))):
+            raw[position] ^= 1 << int(rng.integers(0, 8))
+        data = bytes(raw)
+    elif kind == "random":
+        data = rng.bytes(int(rng.integers(1, 4000)))
+    elif kind == "empty":
+        data = b""
+    elif kind == "tail":
+        cut = int(rng.integers(0, len(data)))
+        data = data[:cut] + rng.bytes(len(data) - cut)
+    return kind, data
+
+
+def fuzz_files(tmp_path: Path, rng: np.random.Generator, count: int, suffixes: list[str]) -> list[tuple[str, bytes]]:
+    """``count`` (name, bytes): PNG, JPEG and .mat contents, mutated, under names whose extension may lie."""
+    bases = {"PNG": _image_bytes(rng, "PNG"), "JPEG": _image_bytes(rng, "JPEG"), "MAT": _mat_bytes(tmp_path)}
+    files = []
+    for k in range(count):
+        content = str(rng.choice(list(bases)))
+        kind, data = mutate(rng, bases[content])
+        files.append((f"{k:03d}_{content}_{kind}{rng.choice(suffixes)}", data))
+    return files
+
+
+def outside(root: Path, build: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and build not in p.parents}
+
+
+def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monkeypatch):
+    """300 mutated files: no traceback, each one a manifest row, a reject or a prediction/skip, nothing outside build/."""
+    import csv
+
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(16)
+    build = tmp_path / "build"
+    folder_members = [(f"glioma/{name}", data) for name, data in fuzz_files(tmp_path, rng, 100, [".png", ".jpg", ".mat", ".bmp"])]
+    mat_members = fuzz_files(tmp_path, rng, 100, [".mat"])
+    write_zip(tmp_path / "folders.zip", folder_members)
+    write_zip(tmp_path / "mats.zip", mat_members)
+    plain = tmp_path / "uploads"
+    plain.mkdir()
+    for name, data in fuzz_files(tmp_path, rng, 100, [".png", ".jpg", ".tif"]):
+        (plain / name).write_bytes(data)
+    for scratch in tmp_path.glob("hostile-*.mat"):
+        scratch.unlink()
+    before = outside(tmp_path, build)
+
+    sources = {
+        "mats": MATS,
+        "folders": SourceConfig(format="image_folder", files=[{"name": "folders.zip"}], labels={"glioma": "glioma"}),
+    }
+    cfg = LIMITS.model_copy(update={"out_dir": Path("build/merged")})
+    report = merge_sources({"mats": [tmp_path / "mats.zip"], "folders": [tmp_path / "folders.zip"]}, sources, cfg, workers=1)
+    with open("build/merged/manifest.csv") as a, open("build/merged/rejects.csv") as b:
+        seen = [row["original_path"] for row in csv.DictReader(a)] + [row["original_path"] for row in csv.DictReader(b)]
+    images = [f"folders.zip/{name}" for name, _ in folder_members if Path(name).suffix != ".mat"]
+    expected = images + [f"mats.zip/{name}" for name, _ in mat_members]
+    assert sorted(seen) == sorted(expected)  # every image-like member exactly once, as a row or a reject
+    assert report.members == 200 and report.non_image == 200 - len(expected)
+    assert 0 < report.images < len(expected) and report.rejected > 0
+
+    result = predict_cli(plain, tmp_path / "folders.zip", "--model", model_file, "--out", "build/predictions.csv")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    table = pd.read_csv("build/predictions.csv", keep_default_na=False)
+    predicted = table["file"][table["error"] == ""]
+    assert sorted(table["file"]) == sorted([str(plain / p.name) for p in plain.iterdir()] + [f"{tmp_path / 'folders.zip'}/{n}" for n, _ in folder_members if Path(n).suffix != ".mat"])
+    assert 0 < len(predicted) < len(table)
+    assert outside(tmp_path, build) == before  # inputs untouched, nothing written beside them
