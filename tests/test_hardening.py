@@ -336,28 +336,32 @@ def test_a_bad_ood_file_is_one_line(tmp_path, model_file, scan, kind):
     assert f"{path}: not an out-of-distribution check written by the evaluate stage" in one_error_line(result)
 
 
-@pytest.mark.parametrize("where", ["folder", "/dev/full", "input", "checkpoint", "under_a_file"])
+@pytest.mark.parametrize("where", ["folder", "/dev/full", "input", "image_in_an_input_folder", "checkpoint", "under_a_file"])
 def test_out_is_checked_before_any_work_and_never_overwrites_an_input(tmp_path, model_file, scan, where):
     before = {p: p.read_bytes() for p in (scan, model_file)}
     out = {
         "folder": tmp_path / "scans",
         "/dev/full": Path("/dev/full"),
         "input": scan,
+        "image_in_an_input_folder": scan.with_name("new.png"),
         "checkpoint": model_file,
         "under_a_file": scan / "p.csv",
     }[where]
     # a checkpoint that would fail to load shows that --out is checked first
     model = model_file if where in ("input", "checkpoint") else tmp_path / "absent.pt"
-    line = one_error_line(predict_cli(scan, "--model", model, "--out", out))
+    given = scan.parent if where == "image_in_an_input_folder" else scan
+    line = one_error_line(predict_cli(given, "--model", model, "--out", out))
     expected = {
         "folder": "exists and is not a regular file",
         "/dev/full": "exists and is not a regular file",
         "input": "is an input; refusing to overwrite it",
+        "image_in_an_input_folder": "is an input; refusing to overwrite it",
         "checkpoint": "is the checkpoint; refusing to overwrite it",
         "under_a_file": f"cannot write there (File exists: {scan})",
     }[where]
     assert line.startswith(f"error: --out {out}") and expected in line
     assert {p: p.read_bytes() for p in (scan, model_file)} == before
+    assert not scan.with_name("new.png").exists()
 
 
 def test_nothing_readable_is_an_error_not_an_empty_table(tmp_path, model_file):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,22 +173,31 @@ def _prepare_output(out: Path, protected: dict[str, list[Path | None]]) -> Path:
     """Check ``out`` before any work and return an empty temporary file beside it, renamed onto it at the end.
 
     Refused: an existing folder, device or other non-regular file (``/dev/full``),
-    a path that is one of the inputs, the checkpoint or the fitted files, and
-    a folder where no file can be created.
+    a path that is one of the inputs (or an image inside an input folder), the
+    checkpoint or the fitted files, and a folder where no file can be created.
     """
     if out.exists() and not out.is_file():
         raise PredictError(f"--out {out}: exists and is not a regular file (a folder or a device); give a .csv or .json file path")
     target = out.resolve()
     for role, paths in protected.items():
-        if any(path is not None and path.exists() and path.resolve() == target for path in paths):
+        if any(path is not None and _covers(path, target) for path in paths):
             raise PredictError(f"--out {out} is {role}; refusing to overwrite it")
+    staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        staged.open("w").close()
     except OSError as error:
         raise PredictError(f"--out {out}: cannot write there ({error.strerror or error}: {error.filename})") from None
-    os.close(handle)
-    return Path(name)
+    return staged
+
+
+def _covers(path: Path, target: Path) -> bool:
+    """Whether writing ``target`` would overwrite ``path`` or an image that reading the folder ``path`` would find."""
+    if not path.exists():
+        return False
+    if path.is_dir():
+        return path.resolve() in target.parents and target.suffix.lower() in IMAGE_SUFFIXES
+    return path.resolve() == target
 
 
 def _predict(
