@@ -332,7 +332,8 @@ def test_a_bad_ood_file_is_one_line(tmp_path, model_file, scan, kind):
 
     from brainmri.cli import app
 
-    result = CliRunner().invoke(app, ["predict", str(scan), "--model", str(model_file), "--ood", str(path), "--no-temperature", "--out", str(tmp_path / "p.csv")])
+    args = ["predict", str(scan), "--model", str(model_file), "--ood", str(path), "--no-temperature", "--out", str(tmp_path / "p.csv")]
+    result = CliRunner().invoke(app, args)
     assert f"{path}: not an out-of-distribution check written by the evaluate stage" in one_error_line(result)
 
 
@@ -492,6 +493,7 @@ def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monk
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     table = pd.read_csv("build/predictions.csv", keep_default_na=False)
     predicted = table["file"][table["error"] == ""]
-    assert sorted(table["file"]) == sorted([str(plain / p.name) for p in plain.iterdir()] + [f"{tmp_path / 'folders.zip'}/{n}" for n, _ in folder_members if Path(n).suffix != ".mat"])
+    zipped = [f"{tmp_path / 'folders.zip'}/{name}" for name, _ in folder_members if Path(name).suffix != ".mat"]
+    assert sorted(table["file"]) == sorted([str(p) for p in plain.iterdir()] + zipped)  # every file once, predicted or skipped
     assert 0 < len(predicted) < len(table)
     assert outside(tmp_path, build) == before  # inputs untouched, nothing written beside them

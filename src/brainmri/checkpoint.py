@@ -108,7 +108,8 @@ def read_checkpoint(path: Path | str) -> dict:
 def _check_fields(path: Path, payload: dict) -> None:
     """Refuse a checkpoint whose fields predict relies on are missing or absurd."""
     classes = payload.get("classes")
-    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+    names = classes if isinstance(classes, list) else []
+    if len(names) < 2 or not all(isinstance(c, str) and c for c in names) or len(set(names)) != len(names):
         raise CheckpointError(f"{path}: 'classes' must be a list of at least 2 distinct names, got {classes!r:.80}")
     size = payload.get("image_size")
     if type(size) is not int or not 16 <= size <= MAX_IMAGE_SIZE:

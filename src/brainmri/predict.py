@@ -160,7 +160,8 @@ def predict_paths(
     softmax). ``gradcam_dir``: write a Grad-CAM overlay of the predicted
     class for each accepted image there.
     """
-    staged = _prepare_output(out, {"an input": inputs, "the checkpoint": [checkpoint], "the --ood file": [ood], "the --temperature file": [temperature]})
+    protected = {"an input": inputs, "the checkpoint": [checkpoint], "the --ood file": [ood], "the --temperature file": [temperature]}
+    staged = _prepare_output(out, protected)
     try:
         result = _predict(inputs, checkpoint, staged, out.suffix.lower() == ".json", batch_size, ood, temperature, gradcam_dir)
         os.replace(staged, out)
