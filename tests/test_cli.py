@@ -29,7 +29,7 @@ def test_bad_params_are_one_line_not_a_traceback(tmp_path, params):
 
 def test_missing_archive_is_one_actionable_line(tmp_path, params, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params["fetch"].update(source_set="mirror", mirrors=[str(tmp_path / "empty-mirror")], out_dir=str(tmp_path / "raw"))
+    params["fetch"].update(source_set="mirror", mirrors=[str(tmp_path / "empty-mirror")], out_dir="build/raw")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = runner.invoke(app, ["fetch"])
     assert result.exit_code == 1
@@ -42,7 +42,7 @@ def test_kaggle_without_token_says_which_zip_to_download_and_where(tmp_path, par
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)
     params["source_sets"]["only_sartaj"] = ["sartaj"]
-    params["fetch"].update(source_set="only_sartaj", mirrors=[], out_dir=str(tmp_path / "raw"))
+    params["fetch"].update(source_set="only_sartaj", mirrors=[], out_dir="build/raw")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = runner.invoke(app, ["fetch"])
     assert result.exit_code == 1
@@ -54,7 +54,7 @@ def test_kaggle_without_token_says_which_zip_to_download_and_where(tmp_path, par
 def test_source_without_url_says_where_to_download_by_hand(tmp_path, params, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params["source_sets"]["only_figshare"] = ["figshare"]
-    params["fetch"].update(source_set="only_figshare", mirrors=[], out_dir=str(tmp_path / "raw"))
+    params["fetch"].update(source_set="only_figshare", mirrors=[], out_dir="build/raw")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = runner.invoke(app, ["fetch"])
     assert result.exit_code == 1

@@ -5,11 +5,17 @@ A checkpoint is a plain dict of tensors and JSON-like values, so it loads with
 model name and class names (to rebuild the network and name its outputs), the
 image size (the only preprocessing knob; see ``brainmri.preprocess``), the
 params it was trained with and the data version (hash of the split table).
+
+A checkpoint from someone else is untrusted input: loading it refuses pickled
+objects other than tensors and plain values, and checks every field it relies
+on (model name, class names, image size, weights that fit that model), so a
+wrong file ends in one ``CheckpointError`` line naming it and the reason.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from brainmri.models import build_model
+from brainmri.models import ModelError, build_model
 
 FORMAT_VERSION = 1
+MAX_IMAGE_SIZE = 1024
+"""The largest ``image_size`` a checkpoint may ask for (params allow no more)."""
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names it and says why, on one line."""
 
 
 @dataclass(frozen=True)
@@ -74,26 +86,60 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: Path | str) -> dict:
-    """The raw checkpoint dict (for resuming: it includes ``extra``); refuses unknown formats."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """The raw checkpoint dict (for resuming: it includes ``extra``); ``CheckpointError`` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file" if not path.exists() else f"{path}: not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors and plain values") from None
+    except Exception as error:  # torch raises RuntimeError, KeyError, EOFError... on files that are not checkpoints
+        raise CheckpointError(f"{path}: not a checkpoint ({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint written by the train stage")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {version!r}, this code reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path}: checkpoint format {version!r}, this code reads {FORMAT_VERSION}")
+    _check_fields(path, payload)
     return payload
+
+
+def _check_fields(path: Path, payload: dict) -> None:
+    """Refuse a checkpoint whose fields predict relies on are missing or absurd."""
+    classes = payload.get("classes")
+    names = classes if isinstance(classes, list) else []
+    if len(names) < 2 or not all(isinstance(c, str) and c for c in names) or len(set(names)) != len(names):
+        raise CheckpointError(f"{path}: 'classes' must be a list of at least 2 distinct names, got {classes!r:.80}")
+    size = payload.get("image_size")
+    if type(size) is not int or not 16 <= size <= MAX_IMAGE_SIZE:
+        raise CheckpointError(f"{path}: 'image_size' must be a whole number from 16 to {MAX_IMAGE_SIZE}, got {size!r:.40}")
+    if not isinstance(payload.get("model_name"), str):
+        raise CheckpointError(f"{path}: no 'model_name'")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model (no pretrained download or weight file needed) in eval mode on ``device``."""
     payload = read_checkpoint(path)
-    model = build_model(payload["model_name"], num_classes=len(payload["classes"]), pretrained=False)
-    model.load_state_dict(payload["state_dict"], strict=True)
+    name, classes = payload["model_name"], payload["classes"]
+    try:
+        model = build_model(name, num_classes=len(classes), pretrained=False)
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except ModelError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise CheckpointError(f"{path}: its weights do not fit a {name} with {len(classes)} classes ({first[0].strip()[:160]})") from None
     model.to(device).eval()
     meta = CheckpointMeta(
         model_name=payload["model_name"],
         classes=list(payload["classes"]),
         image_size=payload["image_size"],
-        params=payload["params"],
-        data_version=payload["data_version"],
-        extra=payload["extra"],
+        params=payload.get("params", {}),
+        data_version=payload.get("data_version", "unknown"),
+        extra=payload.get("extra", {}),
     )
     return model, meta

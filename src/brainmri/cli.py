@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 from pathlib import Path
 from typing import Annotated
 
@@ -23,14 +24,25 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated pa
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from .checkpoint import CheckpointError
     from .download import DownloadError
     from .dvc_run import DvcError
     from .fetch import FetchError
+    from .merge import MergeError
     from .models import ModelError
     from .patients import PatientTableError
+    from .predict import PredictError
     from .split import LeakageError
 
-    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, PatientTableError, FileNotFoundError)
+    return (
+        ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, CheckpointError, MergeError,
+        PredictError, PatientTableError,
+    )
+
+
+EDGE_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
+"""What bad input raises from deeper down (a file that cannot be read or parsed): caught here, at the edge,
+shown as one line with its type, rather than by widening every call site."""
 
 
 def _reports_errors(command):
@@ -42,6 +54,11 @@ def _reports_errors(command):
             return command(*args, **kwargs)
         except _user_errors() as error:
             typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        except typer.Exit:  # a RuntimeError too, but the commands' own way out
+            raise
+        except EDGE_ERRORS as error:
+            typer.echo(f"error: {type(error).__name__}: {' '.join(str(error).split())[:300]}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -173,7 +190,7 @@ def predict(
     Reads the images and the checkpoint (which carries its own preprocessing), and the out-of-distribution
     check and the temperature of the evaluate stage. Writes one row per image to --out: images unlike the
     training MRI get "not a brain MRI" and their score instead of a class; the others get calibrated class
-    probabilities; unreadable files are listed with a reason and skipped. With --gradcam, writes one overlay
+    probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable). With --gradcam, writes one overlay
     PNG per predicted image there.
     """
     from .predict import OODMismatch, predict_paths

@@ -7,6 +7,7 @@ clear line (``ConfigError``) before any long work starts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,18 @@ MODEL_NAMES = (
 )
 
 
+BUILD_DIR = Path("build")
+"""Every output folder named in params must lie inside this folder (relative to the working directory):
+stages delete and rewrite their outputs, so an output folder elsewhere could take the repository or the
+hand-supplied archives with it."""
+
+SAFE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+"""Names that become one path component (sources, their files, external sets): no separators, no ``..``, no leading dot."""
+
+MAX_SEED = 2**32 - 1
+"""numpy's legacy seeding and ``torch.manual_seed`` on every platform take seeds up to this."""
+
+
 class ConfigError(ValueError):
     """A params file that cannot be used; the message is one line meant for a person."""
 
@@ -45,7 +58,7 @@ class _Strict(BaseModel):
 class SourceFile(_Strict):
     """One file of a source: where it may come from and how to check it."""
 
-    name: str
+    name: str = Field(pattern=SAFE_NAME)
     url: str | None = None
     md5: str | None = None
     sha256: str | None = None
@@ -151,7 +164,7 @@ class FetchConfig(_Strict):
 class SyntheticConfig(_Strict):
     """The embedded demo data: brain-slice phantoms written in the real sources' formats."""
 
-    seed: int = 7
+    seed: int = Field(7, ge=0, le=MAX_SEED)
     images_per_class: int = Field(60, ge=4)
     image_size: int = Field(256, ge=64)
 
@@ -260,7 +273,7 @@ class TrainConfig(_Strict):
     out_dir: Path = Path("build/model")
     model: str = "small_cnn"
     pretrained: bool = True
-    image_size: int = Field(96, ge=16)
+    image_size: int = Field(96, ge=16, le=1024, description="model input side; above 1024 no model here fits in memory")
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
     optimizer: Literal["adam", "adamw", "adamax", "sgd"] = "adamw"
@@ -314,7 +327,7 @@ class ExternalSetConfig(_Strict):
     ``labels`` maps a folder name inside it (the nearest enclosing one counts) to one of ``CLASSES``.
     """
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=SAFE_NAME)
     path: Path
     labels: dict[str, str]
 
@@ -353,16 +366,60 @@ class EvaluateConfig(_Strict):
 
 
 class Config(_Strict):
-    seed: int = 42
-    fetch: FetchConfig = FetchConfig()
-    synthetic: SyntheticConfig = SyntheticConfig()
+    """The whole params file. Every section must be present (a missing one is a mistake, not a wish for
+    defaults); within a section, keys have defaults."""
+
+    seed: int = Field(42, ge=0, le=MAX_SEED)
+    fetch: FetchConfig
+    synthetic: SyntheticConfig
     source_sets: dict[str, list[str]]
     sources: dict[str, SourceConfig]
-    merge: MergeConfig = MergeConfig()
-    dedup: DedupConfig = DedupConfig()
-    split: SplitConfig = SplitConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
+    merge: MergeConfig
+    dedup: DedupConfig
+    split: SplitConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+
+    @field_validator("sources")
+    @classmethod
+    def _safe_source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        bad = sorted(name for name in value if not re.match(SAFE_NAME, name))
+        if bad:
+            raise ValueError(f"source name(s) {bad} must be plain folder names (letters, digits, _ . -, no leading dot)")
+        return value
+
+    @model_validator(mode="after")
+    def _outputs_inside_build(self) -> "Config":
+        """Output folders lie inside ``BUILD_DIR``, apart from each other and from every input folder."""
+        build = (Path.cwd() / BUILD_DIR).resolve()
+        outputs = {
+            "fetch.out_dir": self.fetch.out_dir,
+            "merge.out_dir": self.merge.out_dir,
+            "dedup.out_dir": self.dedup.out_dir,
+            "split.out_dir": self.split.out_dir,
+            "split.dataset_dir": self.split.dataset_dir,
+            "train.out_dir": self.train.out_dir,
+            "train.cache_dir": self.train.cache_dir,
+            "evaluate.out_dir": self.evaluate.out_dir,
+        }
+        inputs = {
+            "fetch.data_dir": self.fetch.data_dir,
+            **{f"fetch.mirrors[{k}]": mirror for k, mirror in enumerate(self.fetch.mirrors)},
+            **{f"evaluate.external.{spec.name}.path": spec.path for spec in self.evaluate.external},
+        }
+        seen: dict[Path, str] = {}
+        for key, folder in outputs.items():
+            where = (Path.cwd() / folder).resolve()
+            if build not in where.parents:
+                raise ValueError(f"{key} {str(folder)!r} must be a folder inside {BUILD_DIR}/ (stages delete and rewrite it)")
+            for other, taken in seen.items():
+                if _overlap(where, other):
+                    raise ValueError(f"{key} {str(folder)!r} overlaps {taken}; each stage needs a folder of its own")
+            for name, given in inputs.items():
+                if _overlap(where, (Path.cwd() / given).resolve()):
+                    raise ValueError(f"{key} {str(folder)!r} overlaps the input folder {name} {str(given)!r}, which it would delete")
+            seen[where] = key
+        return self
 
     @model_validator(mode="after")
     def _sets_name_sources(self) -> "Config":
@@ -389,6 +446,11 @@ class Config(_Strict):
         return {name: self.sources[name] for name in self.source_sets[self.fetch.source_set]}
 
 
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether two resolved folders are the same or one holds the other."""
+    return a == b or a in b.parents or b in a.parents
+
+
 def _one_line(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
@@ -413,6 +475,12 @@ def load_config(path: Path | str = "params.yaml") -> Config:
         raw = YAML(typ="safe", pure=True).load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a params file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (params must be YAML)") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
     except YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
     if not isinstance(raw, dict):

@@ -26,6 +26,12 @@ re-import the caller's main script: a script that calls ``merge_sources``
 needs the usual ``if __name__ == "__main__":`` guard.
 ``image_id`` is derived from the source name and the original path only, so
 it is stable across runs and machines.
+
+Outputs are built in a sibling staging folder (``.<out_dir name>.partial``)
+and put in ``out_dir``'s place only once complete, so a run that fails or is
+killed half-way leaves the previous outputs whole (``manifest.csv`` never
+names images that are gone). A worker killed by the OOM killer or a signal
+ends the run with one ``MergeError`` line.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,6 +72,10 @@ MANIFEST_COLUMNS = (
     "box",
 )
 REJECT_COLUMNS = ("source", "original_path", "reason")
+
+
+class MergeError(RuntimeError):
+    """The merge could not finish; the message is one line and the previous outputs are untouched."""
 
 
 def make_image_id(source: str, original_path: str) -> str:
@@ -124,21 +135,40 @@ def merge_sources(
 ) -> MergeReport:
     """Merge ``archives`` (source name → its archive files) into ``cfg.out_dir``; see the module docstring.
 
-    Previous ``images/`` and ``masks/`` under ``cfg.out_dir`` are removed first
-    so the folder holds exactly this run's outputs. ``workers`` defaults to
-    ``os.cpu_count()``; 1 runs everything in this process. ``patient_tables``
-    (source name → fetched table) fills the patient ids of sources that
-    declare one (``brainmri.patients``).
+    On success ``cfg.out_dir`` holds exactly this run's outputs (it replaces
+    the previous folder whole); on failure the previous folder is untouched.
+    ``workers`` defaults to ``os.cpu_count()``; 1 runs everything in this process.
+    ``patient_tables`` (source name → fetched table) fills the patient ids of
+    sources that declare one (``brainmri.patients``).
     """
     started = time.perf_counter()
     _check_inputs(archives, sources)
     out_dir = Path(cfg.out_dir)
-    for name in ("images", "masks"):
-        if (out_dir / name).exists():
-            shutil.rmtree(out_dir / name)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by a run that was killed
+    try:
+        report = _merge_into(staging, archives, sources, cfg, workers, patient_tables or {})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _replace_folder(staging, out_dir)
+    report.wall_seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _merge_into(
+    staging: Path,
+    archives: dict[str, list[Path]],
+    sources: dict[str, SourceConfig],
+    cfg: MergeConfig,
+    workers: int | None,
+    patient_tables: dict[str, Path],
+) -> MergeReport:
+    """The whole merge, written under ``staging`` with manifest paths that name ``cfg.out_dir``."""
     for source in archives:
-        (out_dir / "images" / source).mkdir(parents=True, exist_ok=True)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        (staging / "images" / source).mkdir(parents=True, exist_ok=True)
+    (staging / "masks").mkdir(parents=True, exist_ok=True)
 
     counts = {source: SourceCounts() for source in sorted(archives)}
     tasks: list[MemberTask] = []
@@ -149,18 +179,35 @@ def merge_sources(
 
     rows: list[dict[str, str]] = []
     workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
-    results = _process(tasks, {name: sources[name] for name in archives}, cfg, workers)
-    for result in tqdm(results, total=len(tasks), desc="merge", unit="img", mininterval=1.0):
-        (rejects if isinstance(result, Rejected) else rows).append(result)
+    results = _process(tasks, {name: sources[name] for name in archives}, cfg, staging, workers)
+    try:
+        for result in tqdm(results, total=len(tasks), desc="merge", unit="img", mininterval=1.0):
+            (rejects if isinstance(result, Rejected) else rows).append(result)
+    except BrokenProcessPool:
+        raise MergeError(
+            f"merge: a worker process died (killed by the OOM killer or a signal?); {cfg.out_dir} is left as it was. "
+            "Rerun, with more memory or fewer processes"
+        ) from None
 
-    for source, table in sorted((patient_tables or {}).items()):
+    for source, table in sorted(patient_tables.items()):
         if source in archives:
             attach_patients(rows, source, table, sources[source].patients)
     rows.sort(key=lambda row: (row["source"], row["original_path"]))
     rejects.sort(key=lambda r: (r.source, r.original_path, r.reason))
-    _write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
-    _write_csv(out_dir / "rejects.csv", REJECT_COLUMNS, [asdict(r) for r in rejects])
-    return _report(counts, rows, rejects, time.perf_counter() - started)
+    _write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, rows)
+    _write_csv(staging / "rejects.csv", REJECT_COLUMNS, [asdict(r) for r in rejects])
+    return _report(counts, rows, rejects, 0.0)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` in ``target``'s place; the old one is removed only after it has moved aside."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_inputs(archives: dict[str, list[Path]], sources: dict[str, SourceConfig]) -> None:
@@ -207,16 +254,17 @@ def _plan(
 class _ImageWriter:
     """Decodes one task and writes its PNGs; one per process, keeping that process's archives open."""
 
-    def __init__(self, sources: dict[str, SourceConfig], cfg: MergeConfig) -> None:
+    def __init__(self, sources: dict[str, SourceConfig], cfg: MergeConfig, staging: Path) -> None:
         self.sources = sources
         self.cfg = cfg
+        self.staging = staging
         self.archives: dict[Path, SafeZip] = {}
 
     def __call__(self, task: MemberTask) -> dict[str, str] | Rejected:
         if task.archive not in self.archives:
             self.archives[task.archive] = SafeZip(task.archive, self.cfg.max_member_bytes)
         item = load_member(task, self.archives[task.archive], self.sources[task.source], self.cfg)
-        return item if isinstance(item, Rejected) else write_image(item, Path(self.cfg.out_dir))
+        return item if isinstance(item, Rejected) else write_image(item, Path(self.cfg.out_dir), self.staging)
 
     def close(self) -> None:
         for archive in self.archives.values():
@@ -226,9 +274,9 @@ class _ImageWriter:
 _worker: _ImageWriter | None = None
 
 
-def _start_worker(sources: dict[str, SourceConfig], cfg: MergeConfig) -> None:
+def _start_worker(sources: dict[str, SourceConfig], cfg: MergeConfig, staging: Path) -> None:
     global _worker
-    _worker = _ImageWriter(sources, cfg)
+    _worker = _ImageWriter(sources, cfg, staging)
 
 
 def _work(task: MemberTask) -> dict[str, str] | Rejected:
@@ -236,7 +284,7 @@ def _work(task: MemberTask) -> dict[str, str] | Rejected:
 
 
 def _process(
-    tasks: list[MemberTask], sources: dict[str, SourceConfig], cfg: MergeConfig, workers: int
+    tasks: list[MemberTask], sources: dict[str, SourceConfig], cfg: MergeConfig, staging: Path, workers: int
 ) -> Iterator[dict[str, str] | Rejected]:
     """Results of all tasks, in task order.
 
@@ -247,7 +295,7 @@ def _process(
     instead of hanging, as ``multiprocessing.Pool`` would.
     """
     if workers <= 1:
-        writer = _ImageWriter(sources, cfg)
+        writer = _ImageWriter(sources, cfg, staging)
         try:
             yield from map(writer, tasks)
         finally:
@@ -255,20 +303,23 @@ def _process(
         return
     chunksize = max(1, min(64, len(tasks) // (workers * 8)))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(sources, cfg)) as pool:
+    with ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(sources, cfg, staging)) as pool:
         yield from pool.map(_work, tasks, chunksize=chunksize)
 
 
-def write_image(image: SourceImage, out_dir: Path) -> dict[str, str]:
-    """Write an image (and its mask) under ``out_dir`` and return its manifest row."""
+def write_image(image: SourceImage, out_dir: Path, write_dir: Path | None = None) -> dict[str, str]:
+    """Write an image (and its mask) under ``write_dir`` (default ``out_dir``) and return its manifest row,
+    whose paths name ``out_dir``, where the files end up."""
+    write_dir = write_dir or out_dir
     image_id = make_image_id(image.source, image.original_path)
-    path = out_dir / "images" / image.source / f"{image_id}.png"
-    path.write_bytes(encode_png(image.pixels))
+    relative = Path("images") / image.source / f"{image_id}.png"
+    (write_dir / relative).write_bytes(encode_png(image.pixels))
+    path = out_dir / relative
     mask_path = ""
     if image.mask is not None:
-        mask_file = out_dir / "masks" / f"{image_id}.png"
-        mask_file.write_bytes(encode_png(image.mask))
-        mask_path = mask_file.as_posix()
+        mask_relative = Path("masks") / f"{image_id}.png"
+        (write_dir / mask_relative).write_bytes(encode_png(image.mask))
+        mask_path = (out_dir / mask_relative).as_posix()
     height, width = image.pixels.shape
     return {
         "image_id": image_id,

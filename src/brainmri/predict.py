@@ -12,11 +12,19 @@ score instead of a class. With the evaluate stage's temperature
 (``brainmri.temperature``), the probabilities are calibrated ones. Images
 are processed ``batch_size`` at a time, so a large folder never sits in
 memory decoded.
+
+Inputs are untrusted: a plain file larger than a zip member may be
+(``max_member_bytes``) is refused before it is read, an unreadable one is
+skipped with its reason, and the output table is checked before any work
+(not a folder or device, not one of the inputs or the model, writable) and
+written atomically. The table lists skipped files too (an ``error`` column).
+A run in which nothing could be read is an error.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +38,7 @@ from .imaging import BadImage, decode_image
 from .inference import logits_and_features
 from .ood import NOT_MRI, OODCheck, file_sha256
 from .temperature import Temperature, softmax
+from .sources.base import reason
 from .sources.safe_zip import BadArchive, MemberError, Refused, SafeZip
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
@@ -41,19 +50,36 @@ class OODMismatch(ValueError):
     """The out-of-distribution check was fitted for another checkpoint; its threshold would mean nothing."""
 
 
+class PredictError(ValueError):
+    """A predict run that cannot give a useful answer (bad --out, nothing readable); one line for a person."""
+
+
 def iter_inputs(inputs: list[Path]) -> Iterator[tuple[str, bytes | None, str]]:
     """Yield ``(name, bytes, error)`` for every image-like input; ``bytes`` is None when it cannot be read."""
     for item in inputs:
         if item.is_dir():
             files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             for file in files:
-                yield str(file), file.read_bytes(), ""
-        elif item.suffix.lower() == ".zip":
+                yield _read_file(file)
+        elif item.suffix.lower() == ".zip" and item.is_file():
             yield from _zip_members(item)
         elif item.is_file():
-            yield str(item), item.read_bytes(), ""
+            yield _read_file(item)
+        elif item.exists():
+            yield str(item), None, reason("not a regular file", "a device, pipe or socket is not read")
         else:
             yield str(item), None, "not found"
+
+
+def _read_file(path: Path) -> tuple[str, bytes | None, str]:
+    """One plain file's bytes, refused unread when larger than a zip member may be (the same memory bound)."""
+    try:
+        size = path.stat().st_size
+        if size > LIMITS.max_member_bytes:
+            return str(path), None, reason("oversize file", f"{size} bytes > max_member_bytes {LIMITS.max_member_bytes}")
+        return str(path), path.read_bytes(), ""
+    except OSError as error:
+        return str(path), None, reason("unreadable file", error.strerror or error)
 
 
 def _zip_members(path: Path) -> Iterator[tuple[str, bytes | None, str]]:
@@ -100,6 +126,9 @@ def load_ood_check(path: Path, checkpoint: Path) -> OODCheck:
         check = OODCheck.load(path)
     except KeyError as missing:  # e.g. a penultimate-layer-only check from before the per-block one
         raise OODMismatch(f"{path} was written by another version of the check (no {missing}); rerun the evaluate stage") from None
+    except Exception as error:  # numpy raises OSError, ValueError (pickled objects refused), BadZipFile... on other files
+        text = " ".join(str(error).split())[:120]
+        raise OODMismatch(f"{path}: not an out-of-distribution check written by the evaluate stage ({type(error).__name__}: {text})") from None
     if check.checkpoint_sha256 != file_sha256(checkpoint):
         raise OODMismatch(
             f"{path} was fitted for another checkpoint than {checkpoint}; pass the --ood file the evaluate "
@@ -131,6 +160,58 @@ def predict_paths(
     softmax). ``gradcam_dir``: write a Grad-CAM overlay of the predicted
     class for each accepted image there.
     """
+    protected = {"an input": inputs, "the checkpoint": [checkpoint], "the --ood file": [ood], "the --temperature file": [temperature]}
+    staged = _prepare_output(out, protected)
+    try:
+        result = _predict(inputs, checkpoint, staged, out.suffix.lower() == ".json", batch_size, ood, temperature, gradcam_dir)
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    return {**result, "out": str(out)}
+
+
+def _prepare_output(out: Path, protected: dict[str, list[Path | None]]) -> Path:
+    """Check ``out`` before any work and return an empty temporary file beside it, renamed onto it at the end.
+
+    Refused: an existing folder, device or other non-regular file (``/dev/full``),
+    a path that is one of the inputs (or an image inside an input folder), the
+    checkpoint or the fitted files, and a folder where no file can be created.
+    """
+    if out.exists() and not out.is_file():
+        raise PredictError(f"--out {out}: exists and is not a regular file (a folder or a device); give a .csv or .json file path")
+    target = out.resolve()
+    for role, paths in protected.items():
+        if any(path is not None and _covers(path, target) for path in paths):
+            raise PredictError(f"--out {out} is {role}; refusing to overwrite it")
+    staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged.open("w").close()
+    except OSError as error:
+        raise PredictError(f"--out {out}: cannot write there ({error.strerror or error}: {error.filename})") from None
+    return staged
+
+
+def _covers(path: Path, target: Path) -> bool:
+    """Whether writing ``target`` would overwrite ``path`` or an image that reading the folder ``path`` would find."""
+    if not path.exists():
+        return False
+    if path.is_dir():
+        return path.resolve() in target.parents and target.suffix.lower() in IMAGE_SUFFIXES
+    return path.resolve() == target
+
+
+def _predict(
+    inputs: list[Path],
+    checkpoint: Path,
+    out: Path,
+    as_json: bool,
+    batch_size: int,
+    ood: Path | None,
+    temperature: Path | None,
+    gradcam_dir: Path | None,
+) -> dict:
+    """The work of ``predict_paths``, writing the table to ``out`` (a temporary file)."""
     model, meta = load_checkpoint(checkpoint)
     check = load_ood_check(ood, checkpoint) if ood is not None else None
     scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
@@ -152,14 +233,16 @@ def predict_paths(
         if gradcam_dir is not None:
             _write_overlays(model, meta.image_size, images, proba, rejected, batch_rows, gradcam_dir, first_index=len(rows))
         rows.extend(batch_rows)
-    table = pd.DataFrame(rows, columns=columns)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".json":
+    if not rows:
+        first = f" (first: {skipped[0]['file']}: {skipped[0]['error']})" if skipped else ""
+        raise PredictError(f"nothing readable to predict in {', '.join(map(str, inputs))}: {len(skipped)} file(s) skipped{first}")
+    if as_json:
         out.write_text(json.dumps({"predictions": rows, "skipped": skipped}, indent=2) + "\n")
     else:
+        table = pd.DataFrame(rows + [{"file": s["file"], "error": s["error"]} for s in skipped], columns=[*columns, "error"])
         table.to_csv(out, index=False)
     not_mri = sum(row["predicted"] == NOT_MRI for row in rows)
-    return {"predicted": len(rows) - not_mri, "not_brain_mri": not_mri, "skipped": len(skipped), "out": str(out)}
+    return {"predicted": len(rows) - not_mri, "not_brain_mri": not_mri, "skipped": len(skipped)}
 
 
 def _write_overlays(model, image_size: int, images: list[np.ndarray], proba: np.ndarray, rejected: np.ndarray, rows: list[dict], gradcam_dir: Path, first_index: int) -> None:

@@ -84,28 +84,73 @@ def read_record(data: bytes, limits: MergeConfig) -> tuple[np.ndarray, str, str 
             raise BadMat(reason("corrupt .mat", f"{type(error).__name__}: {error}")) from None
 
 
+LABEL_MAX_ELEMENTS = 16
+"""``label`` is one number; a few more elements are tolerated, anything larger is not a figshare record."""
+PID_MAX_ELEMENTS = 256
+"""``PID`` is a short patient id (up to 7 characters in the real set)."""
+UNBOUNDED = 2**63 - 1
+
+
+def _dataset(handle: h5py.File, name: str, max_elements: int) -> h5py.Dataset | None:
+    """The dataset at ``name`` (None if absent), checked from its HDF5 metadata alone before any data is read.
+
+    Refused: a path through a link that is not a plain (hard) link, since
+    soft and external links point elsewhere, possibly into another file (links
+    are inspected, never followed); external storage, which makes h5py read
+    the dataset's bytes from any file on this machine (``/etc/passwd`` as an
+    image); a virtual layout, which maps other files (and reads as zeros when
+    they are missing); non-numeric types (strings, references, compound); more
+    than two dimensions; and more than ``max_elements`` elements, so that a
+    tiny file declaring a huge array cannot make the reader allocate it.
+    """
+    node: h5py.Group | h5py.Dataset = handle
+    for part in name.split("/"):
+        if not isinstance(node, h5py.Group):
+            raise BadMat(reason("corrupt .mat", f"{name}: {node.name} is not a group"))
+        link = node.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            raise BadMat(reason("refused .mat", f"{name} goes through a {type(link).__name__}, not data stored in the file"))
+        node = node[part]
+    if not isinstance(node, h5py.Dataset):
+        raise BadMat(reason("corrupt .mat", f"{name} is not a dataset"))
+    if node.is_virtual:
+        raise BadMat(reason("refused .mat", f"{name} is a virtual dataset (its data lives in other files)"))
+    if node.external:
+        raise BadMat(reason("refused .mat", f"{name} has external storage (its data lives in other files)"))
+    if node.dtype.kind not in "biuf":
+        raise BadMat(reason("corrupt .mat", f"{name} has type {node.dtype}, expected numbers"))
+    if node.ndim > 2:
+        raise BadMat(reason("corrupt .mat", f"{name} has shape {node.shape}, expected at most 2-D"))
+    if node.size > max_elements:
+        raise BadMat(reason("corrupt .mat", f"{name} declares {node.size} elements, at most {max_elements} expected"))
+    return node
+
+
 def _read_cjdata(handle: h5py.File, limits: MergeConfig) -> tuple[np.ndarray, str, str | None, np.ndarray | None]:
-    for required in ("cjdata/image", "cjdata/label"):
-        if required not in handle:
+    image = _dataset(handle, "cjdata/image", UNBOUNDED)  # its size is checked as pixels, by check_size below
+    label = _dataset(handle, "cjdata/label", LABEL_MAX_ELEMENTS)
+    for required, dataset in (("cjdata/image", image), ("cjdata/label", label)):
+        if dataset is None:
             raise BadMat(reason("corrupt .mat", f"no {required}"))
-    image = handle["cjdata/image"]
     if image.ndim != 2:
         raise BadMat(reason("corrupt .mat", f"cjdata/image has shape {image.shape}, expected 2-D"))
     width, height = image.shape  # column-major: HDF5 sees (columns, rows)
     check_size(width, height, limits)
-    pixels = int16_to_uint8(image[()].T)
+    pid = _dataset(handle, "cjdata/PID", PID_MAX_ELEMENTS)
+    mask = _dataset(handle, "cjdata/tumorMask", limits.max_pixels)
+    if mask is not None and mask.shape != image.shape:
+        raise BadMat(reason("corrupt .mat", f"tumorMask is {mask.shape[::-1]}, image is {image.shape[::-1]}"))
 
-    label_value = float(np.asarray(handle["cjdata/label"][()]).ravel()[0])
+    pixels = int16_to_uint8(image[()].T)
+    values = np.asarray(label[()]).ravel()
+    if values.size == 0:
+        raise BadMat(reason("corrupt .mat", "cjdata/label is empty"))
+    label_value = float(values[0])
     if not label_value.is_integer():
         raise BadMat(reason("corrupt .mat", f"cjdata/label is {label_value}, expected a whole number"))
-
     patient_id = None
-    if "cjdata/PID" in handle:
-        patient_id = "".join(chr(code) for code in np.asarray(handle["cjdata/PID"][()]).ravel()).strip() or None
-
-    mask = None
-    if "cjdata/tumorMask" in handle:
-        mask = np.asarray(handle["cjdata/tumorMask"][()]).T != 0
-        if mask.shape != pixels.shape:
-            raise BadMat(reason("corrupt .mat", f"tumorMask is {mask.shape}, image is {pixels.shape}"))
-    return pixels, str(int(label_value)), patient_id, mask
+    if pid is not None:
+        patient_id = "".join(chr(code) for code in np.asarray(pid[()]).ravel()).strip() or None
+    return pixels, str(int(label_value)), patient_id, (np.asarray(mask[()]).T != 0) if mask is not None else None
