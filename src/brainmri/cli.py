@@ -135,7 +135,9 @@ def external(
     names: Annotated[list[str] | None, typer.Argument(help="External sets (names in evaluate.external); default: all.")] = None,
     params: ParamsOption = Path("params.yaml"),
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the train stage's model.pt).")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Out-of-distribution check fitted for it (default: the evaluate stage's ood.npz).")] = None,
     no_ood: Annotated[bool, typer.Option("--no-ood", help="Do not count refusals by the out-of-distribution check.")] = False,
+    temperature: Annotated[Path | None, typer.Option(help="Temperature fitted for it (default: the evaluate stage's temperature.json).")] = None,
     no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Use the uncalibrated softmax.")] = False,
     out: Annotated[Path | None, typer.Option(help="JSON file to write (one set only; default metrics/external/<name>.json).")] = None,
 ) -> None:
@@ -158,7 +160,7 @@ def external(
         raise ConfigError(f"{params}: evaluate.external lists no set")
     if out is not None and len(names) > 1:
         raise ConfigError("--out takes one set; name one")
-    overrides = {k: v for k, v in (("checkpoint", model), ("metrics_path", out)) if v is not None}
+    overrides = {k: v for k, v in (("checkpoint", model), ("ood", ood), ("temperature", temperature), ("metrics_path", out)) if v is not None}
     overrides.update({k: None for k, off in (("ood", no_ood), ("temperature", no_temperature)) if off})
     for name in names:
         try:
