@@ -273,6 +273,15 @@ def test_three_class_folder_set(evaluated, one_torch_thread):
     assert "per_patient" not in result["clean"] and "without_patient" not in result
 
 
+def test_a_set_with_no_usable_image_is_reported_not_failed(evaluated, one_torch_thread):
+    root, _, checkpoint = evaluated
+    write_grey_png(root / "empty" / "unmapped" / "0.png", blob_image(np.random.default_rng(14), 64))
+    spec = ExternalSetConfig(name="empty", path=root / "empty", labels={"yes": "tumor_unknown"})
+    result = run_set(root, checkpoint, spec)
+    assert (result["images"], result["unlabelled"], result["overlapping_train_val"]) == (0, 1, 0)
+    assert result["clean"] == {"n": 0, "labels": {}, "ood_rejected": 0, "ood_rejection_rate": None}
+
+
 def test_cli_evaluates_a_listed_set_and_prints_a_table(evaluated, params, tmp_path, monkeypatch, one_torch_thread):
     root, _, checkpoint = evaluated
     rng = np.random.default_rng(13)

@@ -136,6 +136,8 @@ def read_external(spec: ExternalSetConfig) -> ExternalSet:
 
 def external_overlaps(reference: Fingerprints, images: list[np.ndarray], dedup: DedupConfig) -> pd.DataFrame:
     """Pairs (external row, train/val image) that the dedup stage's criterion calls duplicates."""
+    if not images:
+        return pd.DataFrame({"row": np.zeros(0, dtype=int), "image_id": np.zeros(0, dtype=str), "hamming": np.zeros(0, dtype=int), "correlation": np.zeros(0)})
     prints = [fingerprint(Image.fromarray(image), dedup.hash_size, dedup.thumb_size, dedup.frame_spread) for image in images]
     words, thumb = reference.hashes.shape[1], reference.thumbs.shape[1]
     combined = Fingerprints(
@@ -174,7 +176,8 @@ def external_metrics(
         result["ood_rejection_rate"] = float(rejected.mean()) if len(labels) else None
     if len(labels) == 0:
         return result
-    groups = np.where(patients != "", patients, np.arange(len(labels)).astype(str)) if patients is not None else None
+    # an image without a patient is a group of its own (a name no patient id can have)
+    groups = np.array([p or f"\0image {i}" for i, p in enumerate(patients)]) if patients is not None else None
     typed = np.isin(labels, classes)
     y = np.array([classes.index(label) for label in labels[typed]], dtype=int)
     present = sorted(set(y.tolist()))
