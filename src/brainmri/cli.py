@@ -27,9 +27,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .dvc_run import DvcError
     from .fetch import FetchError
     from .models import ModelError
+    from .patients import PatientTableError
     from .split import LeakageError
 
-    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, FileNotFoundError)
+    return (ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, PatientTableError, FileNotFoundError)
 
 
 def _reports_errors(command):

@@ -52,12 +52,47 @@ class SourceFile(_Strict):
     kaggle: str | None = Field(None, description="Kaggle dataset slug, e.g. owner/name")
 
 
+class PatientTable(SourceFile):
+    """A CSV that gives each image of a source its patient, for sources whose files carry no patient id.
+
+    Fetched like the source's archives (``name`` and checksum). An image
+    matches the row whose ``key`` column equals its file name's stem (the
+    figshare JPEG ``2/1234.jpg`` is row ``number == 1234``); ``id`` is the
+    patient column. ``label``, when set, is a column checked against the
+    image's folder label through ``labels`` (the table's values → class), so
+    a table for another numbering fails loudly instead of mislabelling
+    patients. ``fold`` names a column of predefined patient folds (the
+    original release's cross-validation), offered to the split stage.
+    """
+
+    key: str = "number"
+    id: str = "pid"
+    label: str | None = None
+    labels: dict[str, str] = {}
+    fold: str | None = None
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: object) -> object:
+        return {str(key): label for key, label in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _label_needs_map(self) -> "PatientTable":
+        if self.label is not None and not self.labels:
+            raise ValueError(f"patient table {self.name}: 'label: {self.label}' needs 'labels' mapping its values to classes")
+        bad = sorted(set(self.labels.values()) - set(CLASSES))
+        if bad:
+            raise ValueError(f"patient table {self.name}: unknown label(s) {bad} (allowed: {', '.join(CLASSES)})")
+        return self
+
+
 class SourceConfig(_Strict):
     """A public (or synthetic) source of labelled images.
 
     ``labels`` maps what the archive says (a folder name, a ``.mat`` label
     number as a string) to one of ``CLASSES`` or ``EXTRA_LABELS``.
     ``synthetic`` names the demo generator archive that stands in for it.
+    ``patients`` is a table of patient ids for sources whose files carry none.
     """
 
     format: str
@@ -67,6 +102,7 @@ class SourceConfig(_Strict):
     licence: str = "unknown"
     description: str = ""
     homepage: str | None = Field(None, description="where a person downloads the files by hand")
+    patients: PatientTable | None = None
 
     @field_validator("format")
     @classmethod

@@ -34,6 +34,7 @@ class FetchedFile:
     origin: str
     sha256: str
     bytes: int
+    role: str = "archive"  # or "patients": the source's patient table
 
 
 def _kaggle_token_present() -> bool:
@@ -102,7 +103,8 @@ def fetch_file(
         places = ", ".join(str(p) for p in [cfg.data_dir, *cfg.mirrors])
         by_hand = f"; download it from {source.homepage} and save it as {cfg.data_dir / spec.name}" if source.homepage else ""
         raise FetchError(f"{source_name}: {spec.name} not found in {places} and the source has no URL or Kaggle slug{by_hand}")
-    return FetchedFile(source_name, spec.name, str(target), origin, file_digest(target, "sha256"), target.stat().st_size)
+    role = "patients" if spec is source.patients else "archive"
+    return FetchedFile(source_name, spec.name, str(target), origin, file_digest(target, "sha256"), target.stat().st_size, role)
 
 
 def fetch_sources(sources: dict[str, SourceConfig], cfg: FetchConfig, synthetic: SyntheticConfig) -> list[FetchedFile]:
@@ -116,7 +118,9 @@ def fetch_sources(sources: dict[str, SourceConfig], cfg: FetchConfig, synthetic:
 
         synthetic_files = write_demo_archives(cfg.out_dir / "_synthetic", synthetic)
     fetched = [
-        fetch_file(name, source, spec, cfg, synthetic_files) for name, source in sources.items() for spec in source.files
+        fetch_file(name, source, spec, cfg, synthetic_files)
+        for name, source in sources.items()
+        for spec in [*source.files, *([source.patients] if source.patients else [])]
     ]
     truth = cfg.out_dir / "_synthetic" / "demo_truth.json"
     if truth.exists():
@@ -128,8 +132,14 @@ def fetch_sources(sources: dict[str, SourceConfig], cfg: FetchConfig, synthetic:
 
 def fetched_archives(out_dir: Path) -> dict[str, list[Path]]:
     """Read ``fetch.json`` back: source name → its archive files, for the merge stage."""
-    records = json.loads((out_dir / "fetch.json").read_text())
     archives: dict[str, list[Path]] = {}
-    for record in records:
-        archives.setdefault(record["source"], []).append(Path(record["path"]))
+    for record in json.loads((out_dir / "fetch.json").read_text()):
+        if record["role"] == "archive":
+            archives.setdefault(record["source"], []).append(Path(record["path"]))
     return archives
+
+
+def fetched_patient_tables(out_dir: Path) -> dict[str, Path]:
+    """Read ``fetch.json`` back: source name → its fetched patient table, for sources that declare one."""
+    records = json.loads((out_dir / "fetch.json").read_text())
+    return {record["source"]: Path(record["path"]) for record in records if record["role"] == "patients"}

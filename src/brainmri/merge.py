@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from .config import MergeConfig, SourceConfig
 from .imaging import encode_png, pixel_sha256
+from .patients import attach_patients
 from .sources import BadArchive, MemberTask, Rejected, SafeZip, Skipped, SourceImage, load_member, plan_archive
 
 MANIFEST_COLUMNS = (
@@ -56,6 +57,7 @@ MANIFEST_COLUMNS = (
     "source",
     "original_path",
     "patient_id",
+    "patient_fold",
     "sha256",
     "width",
     "height",
@@ -83,6 +85,7 @@ class SourceCounts:
     unreadable_archives: int = 0
     members: int = 0
     images: int = 0
+    without_patient_id: int = 0
     rejected: int = 0
     non_image: dict[str, int] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
@@ -117,12 +120,15 @@ def merge_sources(
     sources: dict[str, SourceConfig],
     cfg: MergeConfig,
     workers: int | None = None,
+    patient_tables: dict[str, Path] | None = None,
 ) -> MergeReport:
     """Merge ``archives`` (source name → its archive files) into ``cfg.out_dir``; see the module docstring.
 
     Previous ``images/`` and ``masks/`` under ``cfg.out_dir`` are removed first
     so the folder holds exactly this run's outputs. ``workers`` defaults to
-    ``os.cpu_count()``; 1 runs everything in this process.
+    ``os.cpu_count()``; 1 runs everything in this process. ``patient_tables``
+    (source name → fetched table) fills the patient ids of sources that
+    declare one (``brainmri.patients``).
     """
     started = time.perf_counter()
     _check_inputs(archives, sources)
@@ -147,6 +153,9 @@ def merge_sources(
     for result in tqdm(results, total=len(tasks), desc="merge", unit="img", mininterval=1.0):
         (rejects if isinstance(result, Rejected) else rows).append(result)
 
+    for source, table in sorted((patient_tables or {}).items()):
+        if source in archives:
+            attach_patients(rows, source, table, sources[source].patients)
     rows.sort(key=lambda row: (row["source"], row["original_path"]))
     rejects.sort(key=lambda r: (r.source, r.original_path, r.reason))
     _write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, rows)
@@ -268,6 +277,7 @@ def write_image(image: SourceImage, out_dir: Path) -> dict[str, str]:
         "source": image.source,
         "original_path": image.original_path,
         "patient_id": image.patient_id or "",
+        "patient_fold": "",
         "sha256": pixel_sha256(image.pixels),
         "width": str(width),
         "height": str(height),
@@ -290,6 +300,7 @@ def _report(counts: dict[str, SourceCounts], rows: list[dict], rejects: list[Rej
     per_source_reasons = {source: Counter() for source in counts}
     for row in rows:
         per_source_classes[row["source"]][row["label"]] += 1
+        counts[row["source"]].without_patient_id += not row["patient_id"]
     for reject in rejects:
         per_source_reasons[reject.source][reject_category(reject.reason)] += 1
     for source, c in counts.items():

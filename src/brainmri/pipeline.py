@@ -32,10 +32,15 @@ def run_fetch(cfg: Config) -> dict:
 
 
 def run_merge(cfg: Config) -> dict:
-    from .fetch import fetched_archives
+    from .fetch import fetched_archives, fetched_patient_tables
     from .merge import merge_sources
 
-    report = merge_sources(fetched_archives(cfg.fetch.out_dir), cfg.active_sources(), cfg.merge)
+    report = merge_sources(
+        fetched_archives(cfg.fetch.out_dir),
+        cfg.active_sources(),
+        cfg.merge,
+        patient_tables=fetched_patient_tables(cfg.fetch.out_dir),
+    )
     payload = report.to_dict() if hasattr(report, "to_dict") else dict(report)
     payload.pop("wall_seconds", None)  # timing is not a reproducible output
     _write_json(METRICS_DIR / "merge.json", payload)
