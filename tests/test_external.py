@@ -163,7 +163,10 @@ def test_patient_table_beside_a_folder_and_bad_tables_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="no column 'case'"):
         read_external(spec)
     (tmp_path / "cases.csv").write_text("image,case\n1.png,P1\n1.png,P2\n")
-    with pytest.raises(ValueError, match="listed with several patients"):
+    with pytest.raises(ValueError, match="cases.csv: line 3: image '1.png' is already on line 2"):
+        read_external(spec)
+    (tmp_path / "cases.csv").write_text("image,case\n1.png,\n")
+    with pytest.raises(ValueError, match="cases.csv: line 2: empty 'case'"):
         read_external(spec)
     (tmp_path / "cases.csv").write_text("image,case\n1.png,P1\n")
     assert read_external(spec).rows["patient"].tolist() == ["P1"]
@@ -299,7 +302,7 @@ def test_cli_evaluates_a_listed_set_and_prints_a_table(evaluated, params, tmp_pa
 
     result = CliRunner().invoke(app, ["external"])
     assert result.exit_code == 0, result.output
-    assert "br (" in result.output and "clean, tumour detection, slices" in result.output and "refused as not a brain MRI" in result.output
+    assert "br (" in result.output and "clean, slices" in result.output and "refused as not a brain MRI" in result.output
     written = json.loads((tmp_path / "metrics" / "external" / "br.json").read_text())
     assert written["clean"]["n"] == 6 and written["calibrated"] is True
     assert (tmp_path / "build" / "external" / "br" / "predictions.csv").is_file()

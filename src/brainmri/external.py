@@ -38,11 +38,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import ConfigError, DedupConfig, ExternalSetConfig
+from .config import ConfigError, DedupConfig, ExternalSetConfig, PatientTable
 from .features import Fingerprints, confirmed_pairs, fingerprint
 from .imaging import BadImage, decode_image
 from .metrics import detection_metrics, present_class_metrics
 from .ood import NOT_MRI, OODCheck
+from .patients import read_patient_table as read_table
 from .predict import LIMITS, iter_inputs
 from .sources.safe_zip import Member, SafeZip
 
@@ -67,7 +68,8 @@ def _zip_table(path: Path, table: str) -> tuple[str, bytes] | None:
 
 
 def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
-    """The set's patient table as ``file → patient``: looked for inside the set, then beside it."""
+    """The set's patient table as ``file → patient``: looked for inside the set, then beside it, and checked as
+    a source's patient table is (``brainmri.patients``: a missing cell or a file listed twice is an error)."""
     table = spec.patients.table
     found = None
     if spec.path.is_dir():
@@ -83,19 +85,9 @@ def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
     if found is None:
         raise FileNotFoundError(f"external set {spec.name}: patient table {table!r} is neither inside {spec.path} nor beside it")
     name, data = found
-    try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError) as error:
-        raise ConfigError(f"{name}: not a readable CSV table ({error})") from None
-    columns = (spec.patients.file_column, spec.patients.patient_column)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ConfigError(f"{name}: no column {', '.join(map(repr, missing))} (columns: {', '.join(frame.columns)}); set evaluate.external[].patients")
-    files, patients = frame[columns[0]].str.strip("/"), frame[columns[1]]
-    clashes = pd.DataFrame({"file": files, "patient": patients}).groupby("file")["patient"].nunique()
-    if (clashes > 1).any():
-        raise ConfigError(f"{name}: file {clashes[clashes > 1].index[0]!r} is listed with several patients")
-    return dict(zip(files, patients))
+    columns = PatientTable(name=table, key=spec.patients.file_column, id=spec.patients.patient_column)
+    frame = read_table(name, columns, data)
+    return dict(zip(frame.index.str.strip("/"), frame["patient_id"]))
 
 
 def patient_of(relative: str, table: dict[str, str]) -> str:
@@ -314,24 +306,24 @@ def _value(metrics: dict | None, key: str) -> str:
 
 
 def summary_table(result: dict) -> str:
-    """A plain-text table of one set's results (clean and with overlaps), for the terminal."""
+    """A plain-text table of one set's results for the terminal (``with_overlap`` only when it differs from ``clean``)."""
     lines = [
         f"{result['name']} ({result['path']}): {result['images']} images used, {result['unlabelled']} unlabelled, "
         f"{result['unreadable']} unreadable"
         + (f", {result['without_patient']} without a patient" if "without_patient" in result else "")
         + f"; {result['overlapping_train_val']} overlap train/val (left out of clean)",
-        f"{'':28}{'n':>6}  {'sensitivity [95% CI]':<24}{'specificity [95% CI]':<24}{'ROC-AUC [95% CI]':<24}",
+        f"{'tumour detection':<26}{'n':>6}  {'sensitivity [95% CI]':<24}{'specificity [95% CI]':<24}{'ROC-AUC [95% CI]':<24}",
     ]
-    for part in ("clean", "with_overlap"):
-        r = result[part]
-        for level, d in (("slices", r.get("tumour_detection")), ("patients", r.get("per_patient"))):
+    parts = ("clean", "with_overlap") if result["overlapping_train_val"] else ("clean",)
+    for part in parts:
+        for level, d in (("slices", result[part].get("tumour_detection")), ("patients", result[part].get("per_patient"))):
             if d is not None:
-                lines.append(f"{f'{part}, tumour detection, {level}':<28}{d['n']:>6}  "
-                             f"{_value(d, 'sensitivity'):<24}{_value(d, 'specificity'):<24}{_value(d, 'roc_auc'):<24}")
-        c = r.get("classification")
-        if c:
-            lines.append(f"{part}, {len(c['classes'])} classes ({', '.join(c['classes'])}), n={c['n']}: accuracy {_value(c, 'accuracy')}, "
+                lines.append(f"{f'{part}, {level}':<26}{d['n']:>6}  {_value(d, 'sensitivity'):<24}{_value(d, 'specificity'):<24}{_value(d, 'roc_auc'):<24}")
+    for part in parts:
+        r = result[part]
+        if c := r.get("classification"):
+            lines.append(f"{part}: {len(c['classes'])} classes ({', '.join(c['classes'])}), n={c['n']}: accuracy {_value(c, 'accuracy')}, "
                          f"macro-F1 {_value(c, 'macro_f1')}, balanced accuracy {c['balanced_accuracy']:.3f}")
         if r.get("ood_rejection_rate") is not None:
-            lines.append(f"{part}, refused as not a brain MRI: {r['ood_rejected']} of {r['n']} ({r['ood_rejection_rate']:.2%})")
-    return "\n".join(lines)
+            lines.append(f"{part}: refused as not a brain MRI: {r['ood_rejected']} of {r['n']} ({r['ood_rejection_rate']:.2%})")
+    return "\n".join(line.rstrip() for line in lines)
