@@ -51,7 +51,7 @@ def pipeline_stages(repo: Path) -> dict[str, list[Path]]:
 
     with Repo(str(repo)) as dvc:
         return {
-            stage.addressing: [Path(out.fs_path) for out in stage.outs]
+            stage.name: [Path(out.fs_path) for out in stage.outs]
             for stage in dvc.index.stages
             if isinstance(stage, PipelineStage)
         }
