@@ -28,7 +28,6 @@ external`` runs the same code on an existing checkpoint without DVC.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass
