@@ -8,7 +8,7 @@ STAGES = ["fetch", "merge", "dedup", "split", "train", "evaluate"]
 
 
 def test_every_stage_and_predict_demo_exist_with_help():
-    for command in [*STAGES, "predict", "demo"]:
+    for command in [*STAGES, "predict", "demo", "external"]:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, result.output
         assert "Reads" in result.output or "Creates" in result.output

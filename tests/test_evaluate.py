@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-from pydantic import ValidationError
 
 from brainmri.checkpoint import save_checkpoint
-from brainmri.config import DedupConfig, EvaluateConfig, ExternalSetConfig
+from brainmri.config import EvaluateConfig
 from brainmri.evaluate import evaluate_model, gradcam_sample, present_macro_f1
 from brainmri.models import build_model
 from brainmri.ood import OODCheck, file_sha256
@@ -137,41 +135,3 @@ def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
     assert len([i for i in chosen if y[i] == 0 and predicted[i] == 0]) == 2 and 3 in chosen  # class 0: 2 right, its 1 wrong
     assert 4 in chosen and {5, 6} <= chosen and 7 in chosen
     assert gradcam_sample(y, predicted, 3, per_class=0, seed=1) == []
-
-
-def test_external_set_excludes_images_already_in_train_or_val(tmp_path):
-    table, checkpoint = make_project(tmp_path)
-    ext = tmp_path / "ext"
-    train_paths = table.loc[table["split"] == "train", "path"].tolist()
-    (ext / "tumours").mkdir(parents=True)
-    Image.open(train_paths[0]).save(ext / "tumours" / "copy.png")
-    Image.open(train_paths[1]).convert("RGB").save(ext / "tumours" / "as_rgb.bmp")  # same pixels, another format
-    rng = np.random.default_rng(99)
-    for k in range(2):
-        write_grey_png(ext / "tumours" / f"new{k}.png", blob_image(rng, 64))
-    write_grey_png(ext / "healthy" / "new.png", blob_image(rng, 64))
-    write_grey_png(ext / "other" / "unmapped.png", blob_image(rng, 64))
-    (ext / "tumours" / "broken.jpg").write_bytes(b"not a jpeg")
-
-    spec = ExternalSetConfig(name="hospital_x", path=ext, labels={"tumours": "glioma", "healthy": "no_tumor"})
-    cfg = EvaluateConfig(out_dir=tmp_path / "evaluate", bootstrap=10, gradcam_per_class=0, external=[spec])
-    with pytest.raises(ValueError, match="needs the dedup params"):
-        evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=tmp_path / "metrics")
-    evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=tmp_path / "metrics", dedup=DedupConfig())
-
-    result = json.loads((tmp_path / "metrics" / "metrics.json").read_text())["external"]["hospital_x"]
-    assert (result["images"], result["unlabelled"], result["unreadable"], result["overlapping_train_val"]) == (5, 1, 1, 2)
-    assert result["clean"]["n"] == 3 and result["with_overlap"]["n"] == 5
-    assert "accuracy_ci95" in result["clean"] and 0 <= result["clean"]["ood_rejection_rate"] <= 1
-    overlaps = pd.read_csv(tmp_path / "evaluate" / "external" / "hospital_x_overlaps.csv")
-    assert sorted(Path(f).name for f in overlaps["file"]) == ["as_rgb.bmp", "copy.png"]
-    assert set(overlaps["split"]) == {"train"} and set(overlaps["image_id"]) == set(table.loc[table["path"].isin(train_paths[:2]), "image_id"])
-    assert "## External sets" in (tmp_path / "evaluate" / "MODEL_CARD.md").read_text()
-
-
-def test_external_set_params_are_validated():
-    with pytest.raises(ValidationError, match="labels must map folder names"):
-        ExternalSetConfig(name="x", path=Path("x"), labels={"yes": "tumor_unknown"})
-    spec = ExternalSetConfig(name="x", path=Path("x"), labels={"a": "glioma"})
-    with pytest.raises(ValidationError, match="unique"):
-        EvaluateConfig(external=[spec, spec])

@@ -162,3 +162,43 @@ def test_pull_request_report_shows_real_differences(pipeline):
     images = sorted((pipeline / "report_plots").glob("*.png"))
     assert len(images) >= 4 and all(p.read_bytes()[:4] == b"\x89PNG" for p in images)
     assert all(f"report_plots/{p.name}" in report for p in images)
+
+
+def test_an_external_set_is_a_stage_whose_files_are_dependencies(pipeline):
+    """A set in evaluate.external (outside the repo, as ../shared/datasets is) becomes the stage external@0 and
+    evaluate does not rerun; editing one of its files makes `dvc status` report that stage, `dvc repro` reruns it
+    alone, and a forced rerun gives the same bytes."""
+    import numpy as np
+
+    from brainmri.reproducibility import compare, pipeline_stages, snapshot
+    from conftest import blob_image, write_grey_png
+
+    rng = np.random.default_rng(0)
+    outside = pipeline.parent / "hospital_x"
+    for folder in ("yes", "no"):
+        for k in range(3):
+            write_grey_png(outside / folder / f"{k}.png", blob_image(rng, 64))
+    original = (pipeline / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["evaluate"]["external"] = [{"name": "hospital_x", "path": "../hospital_x", "labels": {"yes": "tumor_unknown", "no": "no_tumor"}}]
+    (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = run(["dvc", "repro"], pipeline)
+        assert "Running stage 'external@0'" in out and out.count("Running stage") == 1, out
+        result = json.loads((pipeline / "metrics" / "external" / "hospital_x.json").read_text())
+        assert result["clean"]["n"] == 6 and set(result["clean"]["tumour_detection"]) >= {"sensitivity", "specificity", "roc_auc"}
+        assert "Data and pipelines are up to date." in run(["dvc", "status"], pipeline)
+
+        write_grey_png(outside / "yes" / "0.png", blob_image(rng, 64))
+        status = run(["dvc", "status"], pipeline)
+        assert "external@0" in status and "modified" in status and "hospital_x" in status, status
+        assert "evaluate:" not in status, status
+        out = run(["dvc", "repro"], pipeline)
+        assert "Running stage 'external@0'" in out and out.count("Running stage") == 1, out
+
+        paths = pipeline_stages(pipeline.resolve())["external@0"]
+        before = snapshot(paths, pipeline.resolve())
+        run(["dvc", "repro", "--force", "--single-item", "external@0"], pipeline)
+        assert compare("external@0", before, snapshot(paths, pipeline.resolve())).reproduced
+    finally:
+        (pipeline / "params.yaml").write_text(original)

@@ -147,6 +147,48 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
     _summary("evaluate", run_evaluate(load_config(params)))
 
 
+@app.command()
+@_reports_errors
+def external(
+    names: Annotated[list[str] | None, typer.Argument(help="External sets (names in evaluate.external); default: all.")] = None,
+    params: ParamsOption = Path("params.yaml"),
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the train stage's model.pt).")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Out-of-distribution check fitted for it (default: the evaluate stage's ood.npz).")] = None,
+    no_ood: Annotated[bool, typer.Option("--no-ood", help="Do not count refusals by the out-of-distribution check.")] = False,
+    temperature: Annotated[Path | None, typer.Option(help="Temperature fitted for it (default: the evaluate stage's temperature.json).")] = None,
+    no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Use the uncalibrated softmax.")] = False,
+    out: Annotated[Path | None, typer.Option(help="JSON file to write (one set only; default metrics/external/<name>.json).")] = None,
+) -> None:
+    """Evaluate external sets with an existing checkpoint: tumour detection for every set, metrics over the
+    classes a set holds, per patient where a patient table is given; images near-duplicating train/val left out.
+
+    Reads the set, the checkpoint, the evaluate stage's ood.npz and temperature.json (fitted for that checkpoint),
+    build/split/split.csv and build/dedup/fingerprints.npz. Writes metrics/external/<name>.json and
+    build/external/<name>/{predictions.csv,overlaps.csv}; prints a table per set. The DVC stage external@<index>
+    runs this for one set.
+    """
+    from .external import summary_table
+    from .pipeline import run_external
+    from .predict import OODMismatch
+    from .temperature import TemperatureMismatch
+
+    cfg = load_config(params)
+    names = names or [spec.name for spec in cfg.evaluate.external]
+    if not names:
+        raise ConfigError(f"{params}: evaluate.external lists no set")
+    if out is not None and len(names) > 1:
+        raise ConfigError("--out takes one set; name one")
+    overrides = {k: v for k, v in (("checkpoint", model), ("ood", ood), ("temperature", temperature), ("metrics_path", out)) if v is not None}
+    overrides.update({k: None for k, off in (("ood", no_ood), ("temperature", no_temperature)) if off})
+    for name in names:
+        try:
+            result = run_external(cfg, name, **overrides)
+        except (OODMismatch, TemperatureMismatch) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(summary_table(result))
+
+
 DEFAULT_OOD = Path("build/evaluate/ood.npz")
 """Where the evaluate stage (default params) writes the out-of-distribution check that ``predict`` uses."""
 DEFAULT_TEMPERATURE = Path("build/evaluate/temperature.json")

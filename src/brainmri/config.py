@@ -321,22 +321,40 @@ class TrainConfig(_Strict):
         return self
 
 
+class ExternalPatients(_Strict):
+    """Where an external set says which patient each image is of: a CSV table with a file and a patient column.
+
+    ``table`` is looked for inside the set (a zip member or a file in the
+    folder, at any depth, e.g. ``slices.csv`` finds ``tcga/slices.csv``),
+    then beside it. A row's file names an image by its path inside the set
+    or by its last components (a bare file name is enough when unique).
+    """
+
+    table: str = "slices.csv"
+    file_column: str = "file"
+    patient_column: str = "patient"
+
+
 class ExternalSetConfig(_Strict):
     """A labelled folder or zip evaluated on its own (``evaluate.external``), after removing what train/val already hold.
 
-    ``labels`` maps a folder name inside it (the nearest enclosing one counts) to one of ``CLASSES``.
+    ``labels`` maps a folder name inside it (the nearest enclosing one counts) to one of ``CLASSES`` or to
+    ``tumor_unknown`` (a tumour of unknown type): metrics are computed over the classes present, and every set
+    gets tumour detection. ``patients`` (optional) adds per-patient results.
     """
 
     name: str = Field(pattern=SAFE_NAME)
     path: Path
     labels: dict[str, str]
+    patients: ExternalPatients | None = None
 
     @field_validator("labels")
     @classmethod
-    def _classes_only(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = sorted(set(value.values()) - set(CLASSES))
+    def _known_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = (*CLASSES, *EXTRA_LABELS)
+        bad = sorted(set(value.values()) - set(allowed))
         if bad or not value:
-            raise ValueError(f"labels must map folder names to {', '.join(CLASSES)}; got {bad or 'none'}")
+            raise ValueError(f"labels must map folder names to {', '.join(allowed)}; got {bad or 'none'}")
         return value
 
 

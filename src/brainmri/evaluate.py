@@ -21,24 +21,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from sklearn import metrics as skm
 
 from .checkpoint import load_checkpoint
-from .config import DedupConfig, EvaluateConfig, ExternalSetConfig
+from .config import EvaluateConfig
 from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
-from .features import Fingerprints, compute_fingerprints, confirmed_pairs, fingerprint
-from .imaging import BadImage, decode_image
 from .inference import logits_and_features, read_grey_png
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
 from .ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
-from .predict import LIMITS, iter_inputs
 from .preprocess import resize_grey
 from .temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
 
@@ -198,92 +193,6 @@ def _ood(
     return result, {"val MRI": scores["val"], "test MRI": scores["test"], "non-MRI": scores["non-MRI"]}
 
 
-def read_external(spec: ExternalSetConfig) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
-    """An external set's images with labels from the nearest enclosing folder named in ``spec.labels``.
-
-    Returns the rows (``file``, ``label``), the decoded grey images and how
-    many files had no mapped folder or could not be decoded.
-    """
-    rows, images, counts = [], [], Counter(unlabelled=0, unreadable=0)
-    prefix = len(str(spec.path))
-    for name, data, _ in iter_inputs([spec.path]):
-        folders = Path(name[prefix:].lstrip("/")).parts[:-1]
-        label = next((spec.labels[f] for f in reversed(folders) if f in spec.labels), None)
-        if label is None:
-            counts["unlabelled"] += 1
-            continue
-        try:
-            images.append(decode_image(data or b"", name, LIMITS))
-        except BadImage:
-            counts["unreadable"] += 1
-            continue
-        rows.append({"file": name, "label": label})
-    return pd.DataFrame(rows, columns=["file", "label"]), images, dict(counts)
-
-
-def external_overlaps(reference: Fingerprints, images: list[np.ndarray], dedup: DedupConfig) -> pd.DataFrame:
-    """Pairs (external row, train/val image) that the dedup stage's criterion calls duplicates."""
-    prints = [fingerprint(Image.fromarray(image), dedup.hash_size, dedup.thumb_size, dedup.frame_spread) for image in images]
-    words, thumb = reference.hashes.shape[1], reference.thumbs.shape[1]
-    combined = Fingerprints(
-        np.concatenate([reference.image_ids, np.array([f"external:{k}" for k in range(len(images))])]),
-        np.concatenate([reference.hashes, np.array([h for h, _ in prints]).reshape(-1, words)]),
-        np.concatenate([reference.thumbs, np.array([t for _, t in prints], dtype=np.float32).reshape(-1, thumb)]),
-    )
-    i, j, hamming, correlation = confirmed_pairs(combined, dedup.max_hamming, dedup.min_correlation)
-    n = len(reference.image_ids)
-    cross = (i < n) & (j >= n)  # pairs come with i < j, so the external image is always j
-    return pd.DataFrame(
-        {"row": j[cross] - n, "image_id": reference.image_ids[i[cross]], "hamming": hamming[cross], "correlation": correlation[cross].round(4)}
-    ).sort_values(["row", "image_id"], ignore_index=True)
-
-
-def _external_metrics(y: np.ndarray, proba: np.ndarray, rejected: np.ndarray, classes: list[str], cfg: EvaluateConfig, seed: int) -> dict:
-    if len(y) == 0:
-        return {"n": 0}
-    full = classification_metrics(y, proba, classes)
-    result = {key: full[key] for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")}
-    result.update(bootstrap_ci(y, proba.argmax(axis=1), len(classes), cfg.bootstrap, seed))
-    if "no_tumor" in classes:
-        result["tumour_detection"] = tumour_detection(y, proba.argmax(axis=1), classes.index("no_tumor"))
-    result["ood_rejection_rate"] = round(float(rejected.mean()), 4)
-    return result
-
-
-def evaluate_external(
-    model, meta, check: OODCheck, temperature: float, reference: pd.DataFrame, cfg: EvaluateConfig, dedup: DedupConfig, seed: int
-) -> dict:
-    """Each external set: images overlapping train/val are listed (``external/<name>_overlaps.csv``), counted and
-    left out of ``clean``; ``with_overlap`` shows the numbers they would have inflated."""
-    classes = list(meta.classes)
-    prints = compute_fingerprints(
-        list(reference["image_id"]), list(reference["path"]), dedup.hash_size, dedup.thumb_size, frame_spread=dedup.frame_spread
-    )
-    split_of = dict(zip(reference["image_id"], reference["split"]))
-    out_dir = cfg.out_dir / "external"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    results = {}
-    for spec in cfg.external:
-        rows, images, counts = read_external(spec)
-        pairs = external_overlaps(prints, images, dedup)
-        listing = pairs.assign(file=rows["file"].to_numpy(dtype=str)[pairs["row"].to_numpy(dtype=int)], split=pairs["image_id"].map(split_of))
-        listing[["file", "image_id", "split", "hamming", "correlation"]].to_csv(out_dir / f"{spec.name}_overlaps.csv", index=False)
-        logits, features = logits_and_features(model, images, meta.image_size) if images else (np.zeros((0, len(classes))), None)
-        proba = softmax(logits, temperature)
-        rejected = check.rejects(check.score(features)) if images else np.zeros(0, dtype=bool)
-        y = rows["label"].map(classes.index).to_numpy()
-        clean = ~np.isin(np.arange(len(rows)), pairs["row"])
-        results[spec.name] = {
-            "images": int(len(rows)),
-            **counts,
-            "overlapping_train_val": int((~clean).sum()),
-            "clean": _external_metrics(y[clean], proba[clean], rejected[clean], classes, cfg, seed),
-            "with_overlap": _external_metrics(y, proba, rejected, classes, cfg, seed),
-        }
-    return results
-
-
 def evaluate_model(
     table: pd.DataFrame,
     checkpoint_path: Path,
@@ -293,20 +202,15 @@ def evaluate_model(
     metrics_dir: Path,
     dedup_report: Path | None = None,
     split_report: Path | None = None,
-    dedup: DedupConfig | None = None,
 ) -> dict:
     """Evaluate a checkpoint on the val and test rows of a split table; write metrics, plot data, figures,
-    Grad-CAM overlays, the out-of-distribution check, external-set results and the model card.
+    Grad-CAM overlays, the out-of-distribution check and the model card.
 
-    The train rows are read only to fit the out-of-distribution check (and,
-    with val, to find external images that are already known).
+    The train rows are read only to fit the out-of-distribution check.
     ``dedup_report`` and ``split_report`` (the stages' ``report.json``) add
-    the data's history to the model card when given. ``dedup`` (the dedup
-    stage's params) is the duplicate criterion external sets are checked
-    with; it is required when ``cfg.external`` names any.
+    the data's history to the model card when given. External sets
+    (``cfg.external``) are evaluated by their own stages (``brainmri.external``).
     """
-    if cfg.external and dedup is None:
-        raise ValueError("evaluate.external needs the dedup params to check overlaps with train/val")
     from .figures import gradcam_figure, ood_figure, save_figures
     from .modelcard import write_model_card
 
@@ -348,9 +252,6 @@ def evaluate_model(
 
     calibration = calibration_summary({s: logits[s] for s in ("val", "test")}, {s: y[s] for s in ("val", "test")}, temperature)
     payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration, "localisation": located, "ood": ood}
-    if cfg.external:
-        known = pd.concat([rows["train"], rows["val"]], ignore_index=True)
-        payload["external"] = evaluate_external(model, meta, check, temperature, known, cfg, dedup, seed)
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)
     reports = {name: json.loads(path.read_text()) for name, path in (("dedup", dedup_report), ("split", split_report)) if path and path.exists()}

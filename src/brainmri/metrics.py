@@ -85,21 +85,54 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     }
 
 
-def bootstrap_ci(y: np.ndarray, predicted: np.ndarray, n_classes: int, resamples: int, seed: int) -> dict:
-    """95% percentile-bootstrap intervals for accuracy and macro-F1 (resampling images with replacement)."""
-    if resamples == 0 or len(y) == 0:
+def bootstrap_intervals(statistics: dict, n: int, resamples: int, seed: int, groups: np.ndarray | None = None) -> dict:
+    """95% percentile-bootstrap intervals ``<name>_ci95`` of each ``statistic(rows)`` over resampled row indices.
+
+    With ``groups`` (one id per row, e.g. the patient), whole groups are
+    drawn with replacement, because rows of one group (slices of one scan)
+    are not independent and resampling them one by one would give intervals
+    too narrow. A resample where a statistic is undefined (``None``: no
+    tumour drawn for a sensitivity) does not count for it; with no defined
+    resample the interval is ``None``.
+    """
+    if resamples == 0 or n == 0:
         return {}
     rng = np.random.default_rng(seed)
-    labels = list(range(n_classes))
-    accuracy, macro_f1 = [], []
+    members = None
+    if groups is not None:
+        _, which = np.unique(groups, return_inverse=True)
+        members = [np.flatnonzero(which == g) for g in range(which.max() + 1)]
+    values: dict[str, list[float]] = {name: [] for name in statistics}
     for _ in range(resamples):
-        rows = rng.integers(0, len(y), len(y))
-        accuracy.append(np.mean(y[rows] == predicted[rows]))
-        macro_f1.append(skm.f1_score(y[rows], predicted[rows], labels=labels, average="macro", zero_division=0))
+        if members is None:
+            rows = rng.integers(0, n, n)
+        else:
+            rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        for name, statistic in statistics.items():
+            value = statistic(rows)
+            if value is not None:
+                values[name].append(value)
     return {
-        "accuracy_ci95": [float(np.percentile(accuracy, 2.5)), float(np.percentile(accuracy, 97.5))],
-        "macro_f1_ci95": [float(np.percentile(macro_f1, 2.5)), float(np.percentile(macro_f1, 97.5))],
+        f"{name}_ci95": [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None
+        for name, v in values.items()
     }
+
+
+def bootstrap_ci(
+    y: np.ndarray, predicted: np.ndarray, n_classes: int, resamples: int, seed: int, labels: list[int] | None = None, groups: np.ndarray | None = None
+) -> dict:
+    """95% percentile-bootstrap intervals for accuracy and macro-F1 (resampling images, or ``groups``, with replacement).
+
+    ``labels``: the classes macro-F1 averages over (default: all ``n_classes``).
+    """
+    labels = list(range(n_classes)) if labels is None else labels
+    return bootstrap_intervals(
+        {
+            "accuracy": lambda rows: np.mean(y[rows] == predicted[rows]),
+            "macro_f1": lambda rows: skm.f1_score(y[rows], predicted[rows], labels=labels, average="macro", zero_division=0),
+        },
+        len(y), resamples, seed, groups,
+    )
 
 
 def tumour_detection(y: np.ndarray, predicted: np.ndarray, no_tumour_index: int) -> dict:
@@ -107,7 +140,74 @@ def tumour_detection(y: np.ndarray, predicted: np.ndarray, no_tumour_index: int)
     actual = y != no_tumour_index
     called = predicted != no_tumour_index
     return {
-        "sensitivity": float((called & actual).sum() / actual.sum()) if actual.any() else None,
-        "specificity": float((~called & ~actual).sum() / (~actual).sum()) if (~actual).any() else None,
+        "sensitivity": sensitivity(actual, called),
+        "specificity": specificity(actual, called),
         "missed_tumours": int((~called & actual).sum()),
     }
+
+
+def sensitivity(actual: np.ndarray, called: np.ndarray) -> float | None:
+    """Share of actual positives called positive (None without positives)."""
+    return float((called & actual).sum() / actual.sum()) if actual.any() else None
+
+
+def specificity(actual: np.ndarray, called: np.ndarray) -> float | None:
+    """Share of actual negatives called negative (None without negatives)."""
+    return float((~called & ~actual).sum() / (~actual).sum()) if (~actual).any() else None
+
+
+def binary_roc_auc(actual: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC-AUC of ``score`` for ``actual`` (None with one kind present)."""
+    return float(skm.roc_auc_score(actual, score)) if actual.any() and not actual.all() else None
+
+
+def detection_metrics(actual: np.ndarray, called: np.ndarray, score: np.ndarray, resamples: int, seed: int, groups: np.ndarray | None = None) -> dict:
+    """Binary detection (tumour or not): counts, sensitivity, specificity, ROC-AUC of ``score``, with bootstrap CIs."""
+    actual, called = np.asarray(actual, dtype=bool), np.asarray(called, dtype=bool)
+    result = {
+        "n": int(len(actual)),
+        "positives": int(actual.sum()),
+        "negatives": int((~actual).sum()),
+        "sensitivity": sensitivity(actual, called),
+        "specificity": specificity(actual, called),
+        "roc_auc": binary_roc_auc(actual, score),
+        "missed": int((actual & ~called).sum()),
+        "false_alarms": int((~actual & called).sum()),
+    }
+    result.update(bootstrap_intervals(
+        {
+            "sensitivity": lambda rows: sensitivity(actual[rows], called[rows]),
+            "specificity": lambda rows: specificity(actual[rows], called[rows]),
+            "roc_auc": lambda rows: binary_roc_auc(actual[rows], score[rows]),
+        },
+        len(actual), resamples, seed, groups,
+    ))
+    return result
+
+
+def present_class_metrics(y: np.ndarray, proba: np.ndarray, present: list[int], classes: list[str], resamples: int, seed: int, groups: np.ndarray | None = None) -> dict:
+    """Multi-class metrics over the classes a set holds (``present``), with bootstrap CIs.
+
+    The prediction is still the arg-max over all the model's classes, so an
+    image called a class the set lacks counts as an error (a lower recall of
+    its true class); only the averages leave the absent classes out, which
+    would otherwise enter macro-F1 as zeros and understate a 3-class set.
+    """
+    predicted = proba.argmax(axis=1)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, predicted, labels=present, zero_division=0)
+    aucs = [_roc_auc(y, proba, k) for k in present]
+    defined = [auc for auc in aucs if auc is not None]
+    result = {
+        "classes": [classes[k] for k in present],
+        "n": int(len(y)),
+        "accuracy": float(np.mean(predicted == y)),
+        "balanced_accuracy": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "roc_auc_macro": float(np.mean(defined)) if defined else None,
+        "per_class": {
+            classes[k]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]), "roc_auc": aucs[i]}
+            for i, k in enumerate(present)
+        },
+    }
+    result.update(bootstrap_ci(y, predicted, len(classes), resamples, seed, labels=present, groups=groups))
+    return result

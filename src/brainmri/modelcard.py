@@ -192,29 +192,6 @@ def _ood(ood: dict) -> list[str]:
     return lines
 
 
-def _external(external: dict) -> list[str]:
-    lines = [
-        "## External sets",
-        "",
-        "Each set was checked against the train and val images with the dedup stage's duplicate criterion; images "
-        "already known are listed in `external/<name>_overlaps.csv` and left out of the *clean* numbers. The numbers "
-        "with them are shown beside, to show how much a contaminated set would flatter the model.",
-        "",
-    ]
-    rows = []
-    for name, r in external.items():
-        clean, mixed = r["clean"], r["with_overlap"]
-        rows.append([
-            name, r["images"], r["overlapping_train_val"], clean["n"],
-            _ci(clean, "accuracy") if clean["n"] else "n/a", _pct(clean.get("macro_f1")),
-            _pct(mixed.get("accuracy")), _pct(clean.get("ood_rejection_rate")), r["unlabelled"] + r["unreadable"],
-        ])
-    return lines + _table(
-        ["set", "images", "overlapping train/val", "clean n", "accuracy, clean [95% CI]", "macro-F1, clean", "accuracy, with overlap", "rejected as not MRI", "not used"],
-        rows,
-    )
-
-
 def _confounding(table: pd.DataFrame) -> list[str]:
     """Sentences naming every class drawn mostly from one source and every source that holds mostly one class."""
     counts = pd.crosstab(table["label"], table["source"])
@@ -275,8 +252,6 @@ def build_model_card(*, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict
     lines += _localisation(metrics.get("localisation", {}))
     if "ood" in metrics:
         lines += _ood(metrics["ood"])
-    if metrics.get("external"):
-        lines += _external(metrics["external"])
     lines += _limitations(table)
     if figures:
         labels = dict(FIGURES)

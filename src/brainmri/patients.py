@@ -10,6 +10,7 @@ the split's leakage guarantee.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -21,13 +22,14 @@ class PatientTableError(ValueError):
     """A patient table that cannot be trusted; the message names the file and line."""
 
 
-def read_patient_table(path: Path, spec: PatientTable) -> pd.DataFrame:
+def read_patient_table(path: Path | str, spec: PatientTable, data: bytes | None = None) -> pd.DataFrame:
     """The table indexed by its key (text), with columns ``patient_id``, ``label`` (a class or "") and ``fold``.
 
+    ``data``: the table's bytes when it was read from inside an archive (``path`` then only names it in errors).
     Line numbers in errors count the header as line 1, as an editor shows them.
     """
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(io.BytesIO(data) if data is not None else path, dtype=str, keep_default_na=False)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise PatientTableError(f"{path}: not a readable CSV table ({error.__class__.__name__})") from None
     columns = [spec.key, spec.id, *([spec.label] if spec.label else []), *([spec.fold] if spec.fold else [])]

@@ -16,6 +16,7 @@ import pandas as pd
 from .config import Config
 
 METRICS_DIR = Path("metrics")
+EXTERNAL_DIR = Path("build/external")
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -103,5 +104,35 @@ def run_evaluate(cfg: Config) -> dict:
         metrics_dir=METRICS_DIR,
         dedup_report=cfg.dedup.out_dir / "report.json",
         split_report=cfg.split.out_dir / "report.json",
-        dedup=cfg.dedup,
+    )
+
+
+def external_set(cfg: Config, name: str):
+    """The external set called ``name`` in ``evaluate.external``."""
+    from .config import ConfigError
+
+    for spec in cfg.evaluate.external:
+        if spec.name == name:
+            return spec
+    known = ", ".join(spec.name for spec in cfg.evaluate.external) or "none"
+    raise ConfigError(f"no external set {name!r} in evaluate.external (listed: {known})")
+
+
+def run_external(cfg: Config, name: str, **paths: Path | None) -> dict:
+    """Evaluate one external set with the pipeline's checkpoint and the evaluate stage's files; ``paths``
+    override them (``checkpoint``, ``ood``, ``temperature``, ``split_csv``, ``fingerprints``, ``out_dir``,
+    ``metrics_path``; ``ood``/``temperature`` None: go without)."""
+    from .external import run_external as evaluate_set
+
+    defaults = {
+        "checkpoint": cfg.train.out_dir / "model.pt",
+        "ood": cfg.evaluate.out_dir / "ood.npz",
+        "temperature": cfg.evaluate.out_dir / "temperature.json",
+        "split_csv": cfg.split.out_dir / "split.csv",
+        "fingerprints": cfg.dedup.out_dir / "fingerprints.npz",
+        "out_dir": EXTERNAL_DIR / name,
+        "metrics_path": METRICS_DIR / "external" / f"{name}.json",
+    }
+    return evaluate_set(
+        external_set(cfg, name), dedup=cfg.dedup, resamples=cfg.evaluate.bootstrap, seed=cfg.seed, **{**defaults, **paths}
     )

@@ -15,8 +15,6 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .dvc_run import run_dvc
 
 UP_TO_DATE = "Data and pipelines are up to date."
@@ -42,16 +40,21 @@ class StageCheck:
 
 
 def pipeline_stages(repo: Path) -> dict[str, list[Path]]:
-    """Stage name → the paths it writes (outs, metrics, plots), in ``dvc.yaml`` order."""
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    stages = {}
-    for name, stage in spec["stages"].items():
-        paths = []
-        for key in ("outs", "metrics", "plots"):
-            for entry in stage.get(key, []):
-                paths.append(repo / (entry if isinstance(entry, str) else next(iter(entry))))
-        stages[name] = paths
-    return stages
+    """Stage name → the paths it writes (outs, metrics, plots), in ``dvc.yaml`` order.
+
+    Asked of DVC rather than read from ``dvc.yaml``, so that stages generated
+    by ``foreach`` (one per external set, ``external@0`` ...) are included
+    under their own names, and an empty ``foreach`` yields none.
+    """
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(repo)) as dvc:
+        return {
+            stage.name: [Path(out.fs_path) for out in stage.outs]
+            for stage in dvc.index.stages
+            if isinstance(stage, PipelineStage)
+        }
 
 
 def snapshot(paths: list[Path], repo: Path) -> dict[str, str]:
@@ -75,6 +78,7 @@ def compare(stage: str, before: dict[str, str], after: dict[str, str]) -> StageC
 
 def check_reproducibility(repo: Path, echo=print) -> bool:
     """Run the pipeline, rerun each stage from its inputs and compare; print one line per check."""
+    repo = repo.resolve()  # DVC names outputs by resolved paths
     run_dvc(repo, "repro")
     ok = True
     for stage, paths in pipeline_stages(repo).items():
