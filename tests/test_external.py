@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -291,12 +292,20 @@ def test_cli_evaluates_a_listed_set_and_prints_a_table(evaluated, params, tmp_pa
     for folder in ("yes", "no"):
         for k in range(3):
             write_grey_png(tmp_path / "br" / folder / f"{k}.png", blob_image(rng, 64))
-    params["train"]["out_dir"] = str(checkpoint.parent)
-    params["evaluate"].update(out_dir=str(root / "evaluate"), bootstrap=10, external=[{"name": "br", "path": str(tmp_path / "br"), "labels": {"yes": "tumor_unknown", "no": "no_tumor"}}])
-    params["split"]["out_dir"] = str(root / "split")
-    params["dedup"]["out_dir"] = str(tmp_path / "dedup")
-    (tmp_path / "dedup").mkdir()
-    (tmp_path / "dedup" / "fingerprints.npz").write_bytes((root / "fingerprints.npz").read_bytes())
+    # Output folders must sit inside build/ (config validation): lay the fixture's outputs out there.
+    build = tmp_path / "build"
+    shutil.copytree(checkpoint.parent, build / "model")
+    shutil.copytree(root / "evaluate", build / "evaluate")
+    shutil.copytree(root / "split", build / "split")
+    (build / "dedup").mkdir()
+    shutil.copy(root / "fingerprints.npz", build / "dedup" / "fingerprints.npz")
+    params["train"]["out_dir"] = "build/model"
+    labels = {"yes": "tumor_unknown", "no": "no_tumor"}
+    params["evaluate"].update(
+        out_dir="build/evaluate", bootstrap=10, external=[{"name": "br", "path": str(tmp_path / "br"), "labels": labels}]
+    )
+    params["split"]["out_dir"] = "build/split"
+    params["dedup"]["out_dir"] = "build/dedup"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
 
