@@ -236,7 +236,7 @@ class SplitConfig(_Strict):
         ),
     )
     same_picture_correlation: float | None = Field(
-        0.97, ge=-1, le=1, description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off"
+        0.95, ge=-1, le=1, description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off"
     )
     folds: int = Field(0, ge=0, description="also assign train+val rows to this many grouped, stratified folds; 0: off")
     table_folds: bool = Field(
