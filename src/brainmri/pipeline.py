@@ -76,7 +76,7 @@ def run_train(cfg: Config) -> dict:
 
     split_csv = cfg.split.out_dir / "split.csv"
     table = pd.read_csv(split_csv, keep_default_na=False)
-    return train_model(
+    summary = train_model(
         table,
         cfg.train,
         seed=cfg.seed,
@@ -84,6 +84,12 @@ def run_train(cfg: Config) -> dict:
         live_dir=METRICS_DIR / "train",
         data_version=data_version(split_csv),
     )
+    _write_json(PROVENANCE, summary["environment"])
+    return summary
+
+
+PROVENANCE = Path("build/provenance/train.json")
+"""Where the train stage records the machine it ran on: not a DVC output, not committed (it differs by machine)."""
 
 
 def run_evaluate(cfg: Config) -> dict:
