@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import Config
+from .portable import is_pinned
 
 METRICS_DIR = Path("metrics")
 
@@ -93,7 +94,13 @@ PROVENANCE = Path("build/provenance/train.json")
 
 
 def run_evaluate(cfg: Config) -> dict:
+    import torch
+
     from .evaluate import evaluate_model
+
+    if cfg.train.num_threads:  # the same kernels and thread count as training: the metrics' bytes depend on them
+        torch.set_num_threads(cfg.train.num_threads)
+    torch.backends.mkldnn.enabled = not is_pinned()
 
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
     return evaluate_model(
