@@ -22,7 +22,8 @@ covered: cuDNN and bf16 autocast differ by GPU model by design.
 ``BRAINMRI_NATIVE_CPU=1`` opts out (each CPU's fastest kernels; results then
 belong to that CPU).
 
-This module must not import torch: the stage scripts call it first.
+Every stage script calls it first (numpy's OpenBLAS matters to merge, dedup
+and split too), so this module must import neither numpy nor torch.
 """
 
 from __future__ import annotations
