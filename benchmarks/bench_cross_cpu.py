@@ -1,16 +1,17 @@
-"""Does training give the same checkpoint bytes on another CPU? Emulated here by the CPU-dispatch variables.
+"""Does training give the same weights on another CPU? Emulated here by the CPU-dispatch variables.
 
 Each variant trains the demo configuration (``params.yaml``'s ``train`` on
 ``build/split/split.csv``; run ``dvc repro split`` first) in a fresh Python
 process whose environment makes one library take another code path, as a
 different CPU would: ATen's AVX2 instead of AVX-512 kernels, oneDNN capped
-at AVX2, MKL restricted to AVX2, another thread count. It prints the
-sha256 of ``model.pt`` and the training time of each. Unpinned variants
-differ from each other; the pinned ones (``brainmri.portable``) must all
-give the same bytes.
+at AVX2, MKL restricted to AVX2, another thread count, one core. It prints
+the sha256 of the trained weights (``model.pt``'s tensors; the file also
+holds the params, whose paths and thread count the variants change) and the
+training time. Unpinned variants differ; the pinned ones
+(``brainmri.portable``) with the same thread count give the same weights.
 
-    python benchmarks/bench_cross_cpu.py
-    python benchmarks/bench_cross_cpu.py --epochs 2 --only pinned
+    python benchmarks/bench_cross_cpu.py --epochs 1
+    python benchmarks/bench_cross_cpu.py --only "1 thread"      # the speed cost, least disturbed by other jobs
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def _commit_lock(repo: Path, edit=None) -> None:
         edit(parsed)
         lock.write_text(yaml.safe_dump(parsed, sort_keys=False))
     run(["git", "add", "-f", "dvc.lock", "metrics"], repo)
-    run(["git", "commit", "-qm", "lock"], repo)
+    run(["git", "commit", "-qm", "lock", "--allow-empty"], repo)
     lock.write_text(text)
 
 
