@@ -193,7 +193,7 @@ def compare_with_committed(repo: Path, echo=print) -> bool:
         if not differs and not inputs:
             echo(f"{stage}: same as the committed lock")
             continue
-        what = "; ".join(f"{name} {', '.join(paths[:4])}" for name, paths in (("inputs", inputs), ("outputs", differs)) if paths)
+        what = "; ".join(f"{kind} {', '.join(files[:4])}" for kind, files in (("inputs", inputs), ("outputs", differs)) if files)
         if stage in tolerant:
             off = metrics_within_tolerance(repo, paths)
             verdict = "metrics OUT OF TOLERANCE: " + "; ".join(off[:5]) if off else f"metrics within {METRIC_TOLERANCE} of the committed"
