@@ -114,7 +114,7 @@ def environment_fingerprint(device: str, threads: int) -> dict:
     kernels = {
         "device": device,
         "threads": threads,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: TorchVersion does not unpickle with weights_only
         "aten_capability": capability,
         **{name.lower(): os.environ.get(name, "unset") for name in PINNED_ENV},
         "portable": device == "cpu" and is_pinned() and capability == "AVX2",
