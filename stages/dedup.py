@@ -2,7 +2,11 @@
 
 import sys
 
-from brainmri.cli import app
+from brainmri.portable import pin_cpu_kernels
+
+pin_cpu_kernels()  # before numpy/torch load: numpy's OpenBLAS on one kernel set: the thumbnail correlations, so the clusters, differ by CPU otherwise
+
+from brainmri.cli import app  # noqa: E402
 
 if __name__ == "__main__":
     app(["dedup", *sys.argv[1:]], prog_name="brainmri")

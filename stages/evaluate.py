@@ -2,7 +2,11 @@
 
 import sys
 
-from brainmri.cli import app
+from brainmri.portable import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch loads: the metrics come from the model's outputs, so the same kernels as train
+
+from brainmri.cli import app  # noqa: E402
 
 if __name__ == "__main__":
     app(["evaluate", *sys.argv[1:]], prog_name="brainmri")

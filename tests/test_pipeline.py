@@ -120,7 +120,79 @@ def test_second_repro_has_nothing_to_do(pipeline):
 def test_every_stage_reproduces(pipeline):
     lines = []
     assert check_reproducibility(pipeline, echo=lines.append), "\n".join(lines)
-    assert lines[:6] == [f"{s}: reproduced" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")]
+    assert "no dvc.lock committed at HEAD: nothing to compare" in lines  # the scratch project has none yet
+    reruns = [line for line in lines if line.endswith(": reproduced")]
+    assert reruns == [f"{s}: reproduced" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")]
+
+
+def test_train_stage_ran_on_the_pinned_kernels_and_says_where(pipeline):
+    kernels = json.loads((pipeline / "metrics" / "train" / "metrics.json").read_text())["kernels"]
+    assert kernels["portable"] is True and kernels["aten_capability"] == "AVX2" and kernels["threads"] == 2
+    machine = json.loads((pipeline / "build" / "provenance" / "train.json").read_text())["machine"]
+    assert machine["cpu"] and "avx2" in machine["cpu_flags"]
+    assert "provenance" not in run(["git", "status", "--porcelain", "--ignored"], pipeline).replace("build/", "")
+
+
+def _commit_lock(repo: Path, edit=None) -> None:
+    """Commit the workspace's dvc.lock (changed by ``edit`` on its parsed form first), then restore the workspace's."""
+    lock = repo / "dvc.lock"
+    text = lock.read_text()
+    if edit is not None:
+        parsed = yaml.safe_load(text)
+        edit(parsed)
+        lock.write_text(yaml.safe_dump(parsed, sort_keys=False))
+    run(["git", "add", "-f", "dvc.lock", "metrics"], repo)
+    run(["git", "commit", "-qm", "lock", "--allow-empty"], repo)
+    lock.write_text(text)
+
+
+def _set_model_hash(lock: dict) -> None:
+    """As if another CPU had trained another model: train's output and evaluate's input."""
+    for stage, key in (("train", "outs"), ("evaluate", "deps")):
+        entry = next(e for e in lock["stages"][stage][key] if e["path"] == "build/model")
+        entry["md5"] = "0" * 32 + ".dir"
+
+
+def test_committed_lock_comparison_fails_on_an_injected_difference(pipeline):
+    from brainmri.reproducibility import compare_with_committed
+
+    run(["dvc", "repro"], pipeline)
+    _commit_lock(pipeline)
+    lines = []
+    assert compare_with_committed(pipeline, echo=lines.append), lines
+    assert lines == [f"{s}: same as the committed lock" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")]
+    _commit_lock(pipeline, _set_model_hash)
+    lines = []
+    assert not compare_with_committed(pipeline, echo=lines.append)
+    assert lines[4].startswith("train: DIFFERS from the committed lock (outputs build/model)"), lines
+    assert lines[5] == "evaluate: DIFFERS from the committed lock (inputs build/model)", lines
+
+
+def test_off_the_pinned_path_the_metrics_are_compared_within_tolerance(pipeline):
+    from brainmri.reproducibility import METRIC_TOLERANCE, compare_with_committed
+
+    provenance = pipeline / "build" / "provenance" / "train.json"
+    saved = provenance.read_text()
+    fingerprint = json.loads(saved)
+    fingerprint["kernels"]["portable"] = False  # as on a GPU with bf16
+    provenance.write_text(json.dumps(fingerprint))
+    try:
+        _commit_lock(pipeline, _set_model_hash)
+        lines = []
+        assert compare_with_committed(pipeline, echo=lines.append), lines
+        assert "as expected off the pinned CPU path; metrics within" in lines[4]
+        metrics = pipeline / "metrics" / "metrics.json"
+        text = metrics.read_text()
+        changed = json.loads(text)
+        changed["test"]["accuracy"] = max(0.0, changed["test"]["accuracy"] - 2 * METRIC_TOLERANCE)
+        metrics.write_text(json.dumps(changed))
+        lines = []
+        assert not compare_with_committed(pipeline, echo=lines.append)
+        assert "metrics OUT OF TOLERANCE: metrics/metrics.json:test.accuracy" in lines[5], lines
+        metrics.write_text(text)
+    finally:
+        provenance.write_text(saved)
+        _commit_lock(pipeline)
 
 
 def test_reproducibility_check_fails_on_an_unseeded_split(pipeline, monkeypatch):

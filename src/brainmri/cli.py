@@ -279,10 +279,13 @@ def export(
 @app.command("check-repro")
 @_reports_errors
 def check_repro(repo: Annotated[Path, typer.Option(help="Repository root holding dvc.yaml.")] = Path(".")) -> None:
-    """Prove every stage reproduces: run the pipeline, rerun each stage from its inputs, compare output hashes.
+    """Prove the pipeline reproduces: run it, compare its output hashes with the committed dvc.lock (git HEAD),
+    then rerun each stage from its inputs and compare output hashes.
 
-    Reads dvc.yaml and everything the stages read. Writes what the stages write. Prints one line per stage and
-    exits 1 if any stage differs, if a second `dvc repro` has work to do, or if `dvc status` is not clean.
+    Reads dvc.yaml, dvc.lock at HEAD and everything the stages read. Writes what the stages write. Prints one line
+    per stage for each question and exits 1 if a stage differs from the committed lock (off the pinned CPU path:
+    if its metrics move more than the tolerance) or from its rerun, if a second `dvc repro` has work to do, or if
+    `dvc status` is not clean.
     """
     from .reproducibility import check_reproducibility
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .portable import is_pinned
+
 
 def select_device(preference: str = "auto") -> torch.device:
     """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent fallback."""
@@ -66,11 +68,13 @@ def runtime(device: torch.device, threads: int = 0, deterministic: bool = True) 
         torch.get_num_threads(),
         torch.are_deterministic_algorithms_enabled(),
         torch.backends.cudnn.benchmark,
+        torch.backends.mkldnn.enabled,
     )
     try:
         if device.type == "cpu":
             torch.set_num_threads(threads or os.cpu_count() or 1)
             torch.use_deterministic_algorithms(deterministic)
+            torch.backends.mkldnn.enabled = not is_pinned()  # oneDNN's results vary with core count and thread count
         else:
             torch.backends.cudnn.benchmark = True
         yield Runtime(device)
@@ -78,3 +82,4 @@ def runtime(device: torch.device, threads: int = 0, deterministic: bool = True) 
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
         torch.backends.cudnn.benchmark = saved[2]
+        torch.backends.mkldnn.enabled = saved[3]

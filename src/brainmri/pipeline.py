@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import Config
+from .portable import is_pinned
 
 METRICS_DIR = Path("metrics")
 EXTERNAL_DIR = Path("build/external")
@@ -82,7 +83,7 @@ def run_train(cfg: Config) -> dict:
 
     split_csv = cfg.split.out_dir / "split.csv"
     table = pd.read_csv(split_csv, keep_default_na=False)
-    return train_model(
+    summary = train_model(
         table,
         cfg.train,
         seed=cfg.seed,
@@ -90,10 +91,22 @@ def run_train(cfg: Config) -> dict:
         live_dir=METRICS_DIR / "train",
         data_version=data_version(split_csv),
     )
+    _write_json(PROVENANCE, summary["environment"])
+    return summary
+
+
+PROVENANCE = Path("build/provenance/train.json")
+"""Where the train stage records the machine it ran on: not a DVC output, not committed (it differs by machine)."""
 
 
 def run_evaluate(cfg: Config) -> dict:
+    import torch
+
     from .evaluate import evaluate_model
+
+    if cfg.train.num_threads:  # the same kernels and thread count as training: the metrics' bytes depend on them
+        torch.set_num_threads(cfg.train.num_threads)
+    torch.backends.mkldnn.enabled = not is_pinned()
 
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
     return evaluate_model(

@@ -40,6 +40,7 @@ from brainmri.data import (
 from brainmri.device import Runtime, runtime, select_device
 from brainmri.distributed import Dist, distributed
 from brainmri.models import Classifier, build_model
+from brainmri.portable import environment_fingerprint
 
 SGD_MOMENTUM = 0.9
 
@@ -384,9 +385,11 @@ def train_model(
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
+            summary["environment"] = environment_fingerprint(str(device), torch.get_num_threads() if device.type == "cpu" else 0)
             if live is not None:
                 for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
                     live.summary[name] = summary[name]
+                live.summary["kernels"] = summary["environment"]["kernels"]  # the same on every machine where the pin holds
     return summary
 
 
