@@ -99,15 +99,19 @@ PROVENANCE = Path("build/provenance/train.json")
 """Where the train stage records the machine it ran on: not a DVC output, not committed (it differs by machine)."""
 
 
-def run_evaluate(cfg: Config) -> dict:
+def use_training_kernels(cfg: Config) -> None:
+    """The same kernels and thread count as training, for stages whose output bytes depend on the model's arithmetic."""
     import torch
 
-    from .evaluate import evaluate_model
-
-    if cfg.train.num_threads:  # the same kernels and thread count as training: the metrics' bytes depend on them
+    if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     torch.backends.mkldnn.enabled = not is_pinned()
 
+
+def run_evaluate(cfg: Config) -> dict:
+    from .evaluate import evaluate_model
+
+    use_training_kernels(cfg)
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
     return evaluate_model(
         table,
@@ -137,6 +141,7 @@ def run_external(cfg: Config, name: str, **paths: Path | None) -> dict:
     ``metrics_path``; ``ood``/``temperature`` None: go without)."""
     from .external import run_external as evaluate_set
 
+    use_training_kernels(cfg)
     defaults = {
         "checkpoint": cfg.train.out_dir / "model.pt",
         "ood": cfg.evaluate.out_dir / "ood.npz",
