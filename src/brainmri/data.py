@@ -20,6 +20,7 @@ anything else that uses torch's RNG.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -208,16 +209,25 @@ class RandomDownUp(v2.Transform):
 
 
 class FloatJPEG(v2.Transform):
-    """``v2.JPEG`` (quality drawn from ``[quality_min, 100]``) for float images in [0, 1] on any device:
-    through CPU uint8 and back, as JPEG exports of the sources were made."""
+    """JPEG re-encoding at a quality drawn from ``[quality_min, 100]``, for float images in [0, 1] on any device:
+    through CPU uint8 and back, as the sources' JPEG exports were made. Pillow encodes (torchvision's own
+    ``v2.JPEG`` goes through ``torchvision.io``, deprecated since 0.29)."""
 
     def __init__(self, quality_min: int):
         super().__init__()
-        self.jpeg = v2.JPEG((quality_min, 100))
+        self.quality_min = quality_min
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"quality": int(torch.randint(self.quality_min, 101, ()).item())}
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
-        grey = inpt.detach().clamp(0, 1).mul(255).round().to("cpu", torch.uint8)
-        return self.jpeg(grey).to(inpt.device, inpt.dtype).div(255)
+        channels = []
+        for channel in inpt.detach().clamp(0, 1).mul(255).round().to("cpu", torch.uint8).numpy():
+            buffer = io.BytesIO()
+            Image.fromarray(channel).save(buffer, format="JPEG", quality=params["quality"])
+            with Image.open(buffer) as decoded:
+                channels.append(np.asarray(decoded, dtype=np.uint8))
+        return torch.from_numpy(np.stack(channels)).to(inpt.device, inpt.dtype).div(255)
 
 
 class BatchAugment:
