@@ -39,6 +39,10 @@ HEAD_LEVELS = (5, 99, 0.1)
 """``(low percentile, high percentile, fraction)``: head pixels are above ``low + fraction * (high - low)``,
 relative to the image's own levels like the dedup core frame (``brainmri.features.FRAME_LEVELS``)."""
 
+HEAD_OPENING = 1
+"""Opening iterations on the reduced mask first: lines a pixel or two thin there (a frame drawn around the
+image, a ruler, text strokes) are cut away, so they neither join the head nor pass for it."""
+
 HEAD_CLOSING = 2
 """Closing iterations on the reduced mask, joining a head split by dark structures into one region."""
 
@@ -72,7 +76,8 @@ def head_mask(pixels: np.ndarray) -> np.ndarray | None:
     low, high = np.percentile(small, [low_percentile, high_percentile])
     if high <= low:
         return None
-    bright = ndimage.binary_closing(small > low + fraction * (high - low), iterations=HEAD_CLOSING, border_value=0)
+    bright = ndimage.binary_opening(small > low + fraction * (high - low), iterations=HEAD_OPENING)
+    bright = ndimage.binary_closing(bright, iterations=HEAD_CLOSING, border_value=0)
     labels, count = ndimage.label(bright)
     if count == 0:
         return None
