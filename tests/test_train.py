@@ -17,6 +17,7 @@ from brainmri.checkpoint import load_checkpoint, read_checkpoint
 from brainmri.config import AugmentConfig, TrainConfig
 from brainmri.data import BatchAugment, cached_images
 from brainmri.models import build_model
+from brainmri.preprocess import resize_grey
 from brainmri.train import make_optimizer, make_scheduler, train_model
 
 CLASSES = ["disc", "square"]
@@ -140,7 +141,7 @@ def test_cache_is_reused_when_the_key_matches_and_rebuilt_when_it_changes(tmp_pa
     table = make_table(tmp_path / "images", {"train": 3})
     first = cached_images(table, 24, tmp_path / "cache")
     assert first.shape == (6, 1, 24, 24) and first.dtype == np.uint8
-    expected = data.resize_grey(np.asarray(Image.open(table["path"][4])), 24)
+    expected = resize_grey(np.asarray(Image.open(table["path"][4])), 24)
     assert np.array_equal(first[4, 0], expected)
 
     decoded = []

@@ -3,8 +3,11 @@
 A checkpoint is a plain dict of tensors and JSON-like values, so it loads with
 ``torch.load(weights_only=True)`` (no pickled code runs). It records the
 model name and class names (to rebuild the network and name its outputs), the
-image size (the only preprocessing knob; see ``brainmri.preprocess``), the
-params it was trained with and the data version (hash of the split table).
+preprocessing (the image size and, when training set any, the ``train.input``
+crop and intensity settings under ``preprocess``; see ``brainmri.preprocess``),
+the params it was trained with and the data version (hash of the split table).
+A checkpoint without ``preprocess`` (older ones, and the default settings,
+which are left out so default checkpoints keep their bytes) means ``none``.
 
 A checkpoint from someone else is untrusted input: loading it refuses pickled
 objects other than tensors and plain values, and checks every field it relies
@@ -23,6 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pydantic import ValidationError
+
+from brainmri.config import InputConfig
 from brainmri.models import ModelError, build_model
 
 FORMAT_VERSION = 1
@@ -42,6 +48,7 @@ class CheckpointMeta:
     params: dict
     data_version: str
     extra: dict = field(default_factory=dict)
+    preprocess: InputConfig = InputConfig()
 
 
 def save_checkpoint(
@@ -54,6 +61,7 @@ def save_checkpoint(
     params: dict,
     data_version: str,
     extra: dict | None = None,
+    preprocess: InputConfig = InputConfig(),
 ) -> None:
     """Write atomically (temp file in the same folder, then rename), so a crash never leaves half a checkpoint.
 
@@ -75,6 +83,8 @@ def save_checkpoint(
         "state_dict": state,
         "torch_version": str(torch.__version__),
     }
+    if preprocess != InputConfig():
+        payload["preprocess"] = preprocess.model_dump(mode="json")
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -116,9 +126,20 @@ def _check_fields(path: Path, payload: dict) -> None:
         raise CheckpointError(f"{path}: 'image_size' must be a whole number from 16 to {MAX_IMAGE_SIZE}, got {size!r:.40}")
     if not isinstance(payload.get("model_name"), str):
         raise CheckpointError(f"{path}: no 'model_name'")
+    _input_config(path, payload)
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: 'state_dict' must map names to tensors")
+
+
+def _input_config(path: Path, payload: dict) -> InputConfig:
+    """The ``preprocess`` settings (absent: none); ``CheckpointError`` for settings this code does not know."""
+    try:
+        return InputConfig.model_validate(payload.get("preprocess", {}))
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = "".join(f".{part}" for part in first["loc"])
+        raise CheckpointError(f"{path}: 'preprocess{where}': {first['msg']}") from None
 
 
 def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
@@ -141,5 +162,6 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tup
         params=payload.get("params", {}),
         data_version=payload.get("data_version", "unknown"),
         extra=payload.get("extra", {}),
+        preprocess=_input_config(path, payload),
     )
     return model, meta

@@ -267,6 +267,25 @@ class AugmentConfig(_Strict):
     # which is the very signal the classes differ by. Worth trying for data from older or low-field scanners.
     blur_sigma: float = Field(0.0, ge=0, le=5, description="Gaussian blur, sigma drawn from [0.1, blur_sigma] px; 0: off")
     noise_std: float = Field(0.0, ge=0, le=0.5, description="additive Gaussian noise std on [0, 1] pixels; 0: off")
+    # Scanner and sequence differences (issue 12), off by default and not yet measured on real data.
+    gamma: float = Field(0.0, ge=0, le=2, description="random gamma, log-uniform in [1/(1+gamma), 1+gamma]; 0: off")
+    bias_field: float = Field(
+        0.0, ge=0, le=1, description="smooth multiplicative field exp(a * f), |f| <= 1 low-frequency, a up to this; 0: off"
+    )
+    downsample_min: float = Field(
+        1.0, ge=0.1, le=1, description="down-up resampling to a factor drawn from [downsample_min, 1] of the side; 1: off"
+    )
+    jpeg_quality_min: int = Field(100, ge=1, le=100, description="JPEG re-encoding at a quality drawn from [this, 100]; 100: off")
+
+
+class InputConfig(_Strict):
+    """How an image is cut and scaled before resizing (``brainmri.preprocess.normalise_input``); recorded in the
+    checkpoint, so evaluate, predict, external sets and export apply what training used. Not yet measured on real data."""
+
+    crop: Literal["none", "head"] = Field("none", description="head: crop to the head's bounding box, padded to a square")
+    intensity: Literal["none", "percentile"] = Field(
+        "none", description="percentile: map the 1st-99th percentile of the head's pixels to [0, 255], per image"
+    )
 
 
 class TrainConfig(_Strict):
@@ -304,6 +323,7 @@ class TrainConfig(_Strict):
     cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
     resume: bool = Field(False, description="continue from out_dir/last.pt when it exists")
     augment: AugmentConfig = AugmentConfig()
+    input: InputConfig = InputConfig()
 
     @field_validator("model")
     @classmethod

@@ -26,27 +26,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from sklearn import metrics as skm
 
 from .checkpoint import load_checkpoint
-from .config import EvaluateConfig
+from .config import EvaluateConfig, InputConfig
 from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
 from .inference import logits_and_features, read_grey_png
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
 from .ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
-from .preprocess import resize_grey
+from .preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
 from .temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
 
 PLOT_SPLIT = "test"
 
 
-def load_resized(paths, image_size: int) -> list[np.ndarray]:
-    """Decode the pipeline's PNGs and resize them at once, so a large split never sits in memory at full size.
+def load_resized(paths, image_size: int, spec: InputConfig = NO_INPUT) -> list[np.ndarray]:
+    """Decode the pipeline's PNGs and prepare them at once (``preprocess.prepare_grey``: the checkpoint's crop and
+    intensity settings, then the resize), so a large split never sits in memory at full size.
 
     Decoding runs in threads (Pillow releases the GIL); the order of the result is the order of ``paths``.
     """
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda path: resize_grey(read_grey_png(path), image_size), paths))
+        return list(pool.map(lambda path: prepare_grey(read_grey_png(path), image_size, spec), paths))
 
 
 def _split_metrics(rows: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes: list[str], cfg: EvaluateConfig, seed: int) -> dict:
@@ -134,9 +136,27 @@ def gradcam_sample(y: np.ndarray, predicted: np.ndarray, n_classes: int, per_cla
     return chosen
 
 
-def _regions(rows: pd.DataFrame, size: int) -> list[np.ndarray | None]:
+def _regions(rows: pd.DataFrame, size: int, spec: InputConfig = NO_INPUT) -> list[np.ndarray | None]:
     columns = {c: rows[c].fillna("").astype(str) if c in rows else pd.Series([""] * len(rows)) for c in ("mask_path", "box")}
-    return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"])]
+    if spec.crop == "none":
+        return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"])]
+    return [
+        _cropped_region(path, mask, box, size, spec) if mask or box else None
+        for path, mask, box in zip(rows["path"], columns["mask_path"], columns["box"])
+    ]
+
+
+def _cropped_region(path: str, mask: str, box: str, size: int, spec: InputConfig) -> np.ndarray | None:
+    """The tumour region in the model's view of an image that ``crop: head`` cut: drawn at the image's own size, then
+    cropped like the image, then resized (nearest) to ``size``."""
+    pixels = read_grey_png(path)
+    region = region_mask(pixels.shape, mask, box)
+    square = input_box(pixels, spec)
+    if region is None or square is None:
+        return region_mask(size, mask, box) if square is None else None
+    cropped = Image.fromarray(crop_square(region.astype(np.uint8) * 255, square)).resize((size, size), Image.Resampling.NEAREST)
+    view = np.asarray(cropped) > 127
+    return view if view.any() else None
 
 
 def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, proba: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
@@ -148,7 +168,7 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
     """
     classes = list(meta.classes)
     predicted = proba.argmax(axis=1)
-    regions = _regions(rows, meta.image_size)
+    regions = _regions(rows, meta.image_size, meta.preprocess)
     located = [i for i, region in enumerate(regions) if region is not None]
     cams, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located])
     scores = [{"label": classes[y[i]], **localisation(cam, regions[i])} for i, cam in zip(located, cams)]
@@ -156,7 +176,7 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
     gradcam_dir = cfg.out_dir / "gradcam"
     shutil.rmtree(gradcam_dir, ignore_errors=True)  # no overlays left over from a run with another sample
     sample = gradcam_sample(y, predicted, len(classes), cfg.gradcam_per_class, seed)
-    originals = [read_grey_png(rows["path"].iloc[i]) for i in sample]
+    originals = [normalise_input(read_grey_png(rows["path"].iloc[i]), meta.preprocess) for i in sample]
     cams, _ = gradcam_images(model, originals, meta.image_size, targets=[int(predicted[i]) for i in sample])
     panels = []
     for i, original, cam in zip(sample, originals, cams):
@@ -220,7 +240,7 @@ def evaluate_model(
     rows = {split: table[table["split"] == split].reset_index(drop=True) for split in ("train", "val", "test")}
     images, logits, features = {}, {}, {}
     for split, members in rows.items():
-        images[split] = load_resized(members["path"], meta.image_size)
+        images[split] = load_resized(members["path"], meta.image_size, meta.preprocess)
         logits[split], features[split] = logits_and_features(model, images[split], meta.image_size)
     y = {split: members["label"].map(classes.index).to_numpy() for split, members in rows.items()}
 
@@ -231,7 +251,7 @@ def evaluate_model(
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")
     non_mri = non_mri_images(seed)
-    _, non_mri_features = logits_and_features(model, [image for _, _, image in non_mri], meta.image_size)
+    _, non_mri_features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in non_mri], meta.image_size)
     ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features))
 
     results, predictions = {}, []

@@ -91,23 +91,24 @@ def gradcam_images(model: nn.Module, images: Sequence[np.ndarray], image_size: i
     return np.concatenate(cams), np.concatenate(probas)
 
 
-def region_mask(size: int, mask_path: str = "", box: str = "") -> np.ndarray | None:
-    """The tumour region as a boolean ``[size, size]`` array, from a mask PNG or a YOLO box; None if neither.
+def region_mask(size: int | tuple[int, int], mask_path: str = "", box: str = "") -> np.ndarray | None:
+    """The tumour region as a boolean ``[size, size]`` array (or ``[height, width]`` for a pair), from a mask PNG
+    or a YOLO box; None if neither.
 
     ``box`` is YOLO ``"cx cy w h"``, normalised to [0, 1]. The mask is
     resized with nearest-neighbour sampling, the same square resize the
     model's input gets, so map and region stay aligned.
     """
+    height, width = (size, size) if isinstance(size, int) else size
     if mask_path:
         with Image.open(mask_path) as mask:
-            resized = mask.convert("L").resize((size, size), Image.Resampling.NEAREST)
+            resized = mask.convert("L").resize((width, height), Image.Resampling.NEAREST)
         region = np.asarray(resized) > 127
         return region if region.any() else None
     if box:
         cx, cy, w, h = (float(v) for v in box.split())
-        centres = (np.arange(size) + 0.5) / size
-        inside_x = np.abs(centres - cx) <= w / 2
-        inside_y = np.abs(centres - cy) <= h / 2
+        inside_x = np.abs((np.arange(width) + 0.5) / width - cx) <= w / 2
+        inside_y = np.abs((np.arange(height) + 0.5) / height - cy) <= h / 2
         region = inside_y[:, None] & inside_x[None, :]
         return region if region.any() else None
     return None

@@ -10,7 +10,11 @@ the probabilities ``predict`` reports. The batch dimension is dynamic.
 
 The class names, image size and input contract travel inside each file (the
 TorchScript archive's ``extra_files["meta.json"]``, the ONNX model's
-``metadata_props``) and beside them as ``model.json``.
+``metadata_props``) and beside them as ``model.json``. The checkpoint's crop
+and intensity settings (``train.input``) are data-dependent (a head to find,
+percentiles to take), so they are not part of the graphs: ``preprocess`` in
+the metadata records them, and a consumer applies
+``brainmri.preprocess.normalise_input`` (or the same steps) before resizing.
 
 ONNX goes through the ``torch.export``-based exporter (``dynamo=True``), the
 one PyTorch maintains; TorchScript through ``torch.jit.trace``, which PyTorch
@@ -53,6 +57,10 @@ def _meta(meta: CheckpointMeta, checkpoint: Path, temperature: float) -> dict:
         "classes": list(meta.classes),
         "image_size": meta.image_size,
         "input": f"image: float32 [N, 1, {meta.image_size}, {meta.image_size}], grey in [0, 1]; see brainmri.preprocess",
+        "preprocess": {
+            **meta.preprocess.model_dump(mode="json"),
+            "applied": "outside the graph, before resizing: brainmri.preprocess.normalise_input (none: nothing to do)",
+        },
         "output": "probabilities: float32 [N, classes], softmax(logits / temperature), in the order of 'classes'",
         "temperature": temperature,
         "data_version": meta.data_version,

@@ -43,6 +43,7 @@ from .imaging import BadImage, decode_image
 from .metrics import detection_metrics, present_class_metrics
 from .ood import NOT_MRI, OODCheck
 from .patients import read_patient_table as read_table
+from .preprocess import normalise_input
 from .predict import LIMITS, iter_inputs
 from .sources.safe_zip import Member, SafeZip
 
@@ -219,7 +220,8 @@ def evaluate_external_set(
     pairs.assign(file=rows["file"].to_numpy(dtype=str)[pairs["row"].to_numpy(dtype=int)], split=pairs["image_id"].map(split_of))[
         ["file", "image_id", "split", "hamming", "correlation"]
     ].to_csv(out_dir / "overlaps.csv", index=False)
-    logits, features = logits_and_features(model, images, meta.image_size) if images else (np.zeros((0, len(classes))), None)
+    views = [normalise_input(image, meta.preprocess) for image in images]  # overlaps above are found on the images as given
+    logits, features = logits_and_features(model, views, meta.image_size) if images else (np.zeros((0, len(classes))), None)
     proba = softmax(logits, temperature)
     scores = check.score(features) if check is not None and images else None
     rejected = check.rejects(scores) if scores is not None else (np.zeros(0, dtype=bool) if check is not None else None)

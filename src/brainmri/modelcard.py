@@ -64,6 +64,8 @@ def _model(meta: CheckpointMeta) -> list[str]:
         "scaled to [0, 1] (`brainmri.preprocess`); output: softmax over " + ", ".join(f"`{c}`" for c in meta.classes) + ".",
         f"- Data version (hash of the split table it was trained on): `{meta.data_version}`.",
     ]
+    if meta.preprocess.crop != "none" or meta.preprocess.intensity != "none":
+        lines.insert(3, f"- Before resizing: crop `{meta.preprocess.crop}`, intensity `{meta.preprocess.intensity}` (`train.input`).")
     scalars = {k: v for k, v in meta.extra.items() if isinstance(v, (int, float, str, bool))}
     if scalars:
         lines.append("- Checkpoint chosen at: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()) + ".")

@@ -36,6 +36,7 @@ from .checkpoint import load_checkpoint
 from .config import MergeConfig
 from .imaging import BadImage, decode_image
 from .inference import logits_and_features
+from .preprocess import normalise_input
 from .ood import NOT_MRI, OODCheck, file_sha256
 from .temperature import Temperature, softmax
 from .sources.base import reason
@@ -218,7 +219,8 @@ def _predict(
     classes = list(meta.classes)
     columns = ["file", "predicted", *(["ood_score"] if check else []), *[f"p_{c}" for c in classes], *(["gradcam"] if gradcam_dir else [])]
     rows, skipped = [], []
-    for names, images in decoded_batches(inputs, batch_size, skipped):
+    for names, decoded in decoded_batches(inputs, batch_size, skipped):
+        images = [normalise_input(image, meta.preprocess) for image in decoded]  # the checkpoint's crop and intensity
         logits, features = logits_and_features(model, images, meta.image_size, batch_size)
         proba = softmax(logits, scale)
         scores = check.score(features) if check else None

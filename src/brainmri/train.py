@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from brainmri.checkpoint import read_checkpoint, save_checkpoint
-from brainmri.config import CLASSES, TrainConfig
+from brainmri.config import CLASSES, AugmentConfig, InputConfig, TrainConfig
 from brainmri.data import (
     BatchAugment,
     batch_seed,
@@ -314,8 +314,8 @@ def train_model(
     classes = list(classes)
     out_dir, live_dir = Path(out_dir), Path(live_dir)
     train_rows, val_rows = _split_rows(table, classes)
-    train_images = cached_images(train_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache train")
-    val_images = cached_images(val_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache val")
+    train_images = cached_images(train_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache train", spec=cfg.input)
+    val_images = cached_images(val_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache val", spec=cfg.input)
     train_labels = label_indices(train_rows["label"], classes)
     val_labels = label_indices(val_rows["label"], classes)
     cache_seconds = time.perf_counter() - started
@@ -337,8 +337,9 @@ def train_model(
             model_name=cfg.model,
             classes=classes,
             image_size=cfg.image_size,
-            params={"seed": seed, "train": cfg.model_dump(mode="json", exclude={"resume"})},
+            params={"seed": seed, "train": recorded_params(cfg)},
             data_version=data_version,
+            preprocess=cfg.input,
         )
         if resuming:
             _restore(last_path, meta, model, optimizer, scheduler, state)
@@ -393,6 +394,25 @@ def train_model(
     return summary
 
 
+OPT_IN_SWITCHES = {
+    "input": TrainConfig().input.model_dump(mode="json"),
+    "augment": {key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")},
+}
+"""The issue-12 switches (``train.input``, scanner augmentations). At their off defaults they are left out of
+the params a checkpoint records, so a default run writes the same checkpoint bytes as before they existed."""
+
+
+def recorded_params(cfg: TrainConfig) -> dict:
+    """The train params a checkpoint records: all but ``resume``, without the opt-in switches that are off."""
+    params = cfg.model_dump(mode="json", exclude={"resume"})
+    if params["input"] == OPT_IN_SWITCHES["input"]:
+        del params["input"]
+    for key, off in OPT_IN_SWITCHES["augment"].items():
+        if params["augment"][key] == off:
+            del params["augment"][key]
+    return params
+
+
 def _cpu_threads(cfg: TrainConfig, ranks: Dist) -> int:
     """``num_threads``, or the cores shared out among the processes: CPU ranks that each took every core would thrash."""
     return cfg.num_threads or max(1, (os.cpu_count() or 1) // ranks.world_size)
@@ -415,8 +435,9 @@ def _resume_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sc
 def _restore(path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: _State) -> None:
     """Load ``last.pt`` into the fresh objects; refuse one from other params, data or classes (it would not be a resume)."""
     payload = read_checkpoint(path)
+    recorded = {**payload, "preprocess": InputConfig.model_validate(payload.get("preprocess", {}))}
     for key, value in meta.items():
-        if payload[key] != value:
+        if recorded[key] != value:
             raise ValueError(f"{path} has a different {key} than this run; delete it or set train.resume: false")
     model.load_state_dict(payload["state_dict"])
     extra = payload["extra"]
