@@ -14,7 +14,17 @@ import torch
 
 from brainmri.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from brainmri.config import AugmentConfig, InputConfig, TrainConfig
-from brainmri.data import BatchAugment, FloatJPEG, RandomBiasField, RandomDownUp, RandomGamma, cache_key, cached_images
+from brainmri.data import (
+    BatchAugment,
+    FloatJPEG,
+    RandomBiasField,
+    RandomDownUp,
+    RandomGamma,
+    cache_key,
+    cached_images,
+    epoch_batches,
+    source_balanced_weights,
+)
 from brainmri.evaluate import _regions, load_resized
 from brainmri.export import _meta
 from brainmri.models import build_model
@@ -187,3 +197,41 @@ def test_scanner_augmentations_are_off_by_default_and_seeded():
         assert a.shape == batch.shape and a.dtype == batch.dtype and 0 <= a.min() and a.max() <= 1, name
     lowered = BatchAugment(plain.model_copy(update={"downsample_min": 0.25}), 32)(batch, seed=1)
     assert (lowered.diff(dim=-1).abs().mean() < batch.diff(dim=-1).abs().mean())  # lower resolution: smoother
+
+
+def test_source_balanced_weights_make_classes_and_sources_within_a_class_equally_likely():
+    labels = ["glioma"] * 6 + ["glioma"] * 2 + ["no_tumor"] * 4
+    sources = ["figshare"] * 6 + ["kaggle"] * 2 + ["kaggle"] * 4
+    weights = source_balanced_weights(labels, sources)
+    assert weights.sum() == pytest.approx(1.0)
+    # glioma 1/2 split over two sources (1/4 each: 6 and 2 images), no_tumor 1/2 over one source of 4 images
+    assert weights.tolist() == pytest.approx([1 / 24] * 6 + [1 / 8] * 2 + [1 / 8] * 4)
+
+
+def test_weighted_epochs_draw_the_same_number_of_batches_seeded_and_follow_the_weights():
+    weights = np.array([0.7, 0.1, 0.1, 0.1])
+    plain = epoch_batches(4, 2, seed=3, epoch=0)
+    drawn = epoch_batches(4, 2, seed=3, epoch=0, weights=weights)
+    assert len(drawn) == len(plain) == 2 and all(len(batch) == 2 for batch in drawn)
+    assert [b.tolist() for b in drawn] == [b.tolist() for b in epoch_batches(4, 2, seed=3, epoch=0, weights=weights)]
+    many = np.concatenate(epoch_batches(10_000, 100, seed=3, epoch=1, weights=np.full(10_000, 1e-4)))
+    assert len(np.unique(many)) < 10_000  # with replacement: some images twice, some not at all
+    draws = np.concatenate([np.concatenate(epoch_batches(4, 2, seed=0, epoch=e, weights=weights)) for e in range(500)])
+    counts = np.bincount(draws, minlength=4)
+    assert counts[0] / counts.sum() == pytest.approx(0.7, abs=0.03)
+
+
+def test_source_balanced_training_runs_is_recorded_and_needs_a_source_column(tmp_path, one_torch_thread):
+    assert "sampling" not in recorded_params(TrainConfig())  # default checkpoints keep their bytes
+    rows = []
+    for k, split in enumerate(["train"] * 8 + ["val"] * 4):
+        label = CLASSES[k % 2]
+        path = write_grey_png(tmp_path / f"{k}.png", phantom(seed=k, gain=0.5 if label == "glioma" else 1.0))
+        rows.append({"path": str(path), "label": label, "split": split, "source": "a" if k < 6 else "b"})
+    cfg = TrainConfig(image_size=32, epochs=1, batch_size=4, num_threads=1, pretrained=False, sampling="source_balanced",
+                      cache_dir=tmp_path / "cache")
+    table = pd.DataFrame(rows)
+    train_model(table, cfg, seed=1, out_dir=tmp_path / "model", live_dir=tmp_path / "live", data_version="v1", classes=CLASSES)
+    assert read_checkpoint(tmp_path / "model" / "model.pt")["params"]["train"]["sampling"] == "source_balanced"
+    with pytest.raises(ValueError, match="source column"):
+        train_model(table.drop(columns="source"), cfg, seed=1, out_dir=tmp_path / "m2", live_dir=tmp_path / "l2", data_version="v1", classes=CLASSES)

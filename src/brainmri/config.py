@@ -314,6 +314,11 @@ class TrainConfig(_Strict):
     )
     finetune_lr_factor: float = Field(1.0, gt=0, le=1, description="the trunk's LR is lr times this (the head's is lr)")
     class_weights: bool = Field(False, description="weight the training loss by inverse class frequency")
+    sampling: Literal["shuffle", "source_balanced"] = Field(
+        "shuffle",
+        description="shuffle: each training image once per epoch; source_balanced: draw (with replacement) so every "
+        "class is equally likely and, within a class, every source that has it (brainmri.data.source_balanced_weights)",
+    )
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(

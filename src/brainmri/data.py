@@ -131,9 +131,32 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return max(1, num_images // batch_size)
 
 
-def epoch_batches(num_images: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """A seeded shuffle cut into ``steps_per_epoch`` batches; the remainder waits for the next epoch's shuffle."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_images)
+def source_balanced_weights(labels: Sequence[str], sources: Sequence[str]) -> np.ndarray:
+    """Sampling probability per image: classes equally likely, and within a class the sources that have it.
+
+    Why: class is confounded with source (one source may hold most of a class, another none of it), so a
+    plain shuffle lets a model learn "looks like source S" for "class C". Balancing sources within each
+    class takes away the frequency part of that shortcut; a class a source lacks stays lacking.
+    """
+    cells = pd.DataFrame({"label": np.asarray(labels, dtype=str), "source": np.asarray(sources, dtype=str)})
+    cell_size = cells.groupby(["label", "source"])["label"].transform("size").to_numpy()
+    sources_of_class = cells.groupby("label")["source"].transform("nunique").to_numpy()
+    classes = cells["label"].nunique()
+    return 1.0 / (classes * sources_of_class * cell_size)
+
+
+def epoch_batches(
+    num_images: int, batch_size: int, seed: int, epoch: int, weights: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """A seeded shuffle cut into ``steps_per_epoch`` batches; the remainder waits for the next epoch's shuffle.
+
+    With ``weights`` (probabilities summing to 1), the same number of batches is drawn with replacement instead.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if weights is None:
+        order = rng.permutation(num_images)
+    else:
+        order = rng.choice(num_images, size=steps_per_epoch(num_images, batch_size) * batch_size, p=weights)
     return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps_per_epoch(num_images, batch_size))]
 
 

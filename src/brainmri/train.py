@@ -35,6 +35,7 @@ from brainmri.data import (
     epoch_batches,
     label_indices,
     sequential_batches,
+    source_balanced_weights,
     steps_per_epoch,
 )
 from brainmri.device import Runtime, runtime, select_device
@@ -200,6 +201,15 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def _sampling_weights(train_rows: pd.DataFrame, cfg: TrainConfig) -> np.ndarray | None:
+    """Per-image draw probabilities of ``train.sampling`` (None: a plain shuffle)."""
+    if cfg.sampling == "shuffle":
+        return None
+    if "source" not in train_rows.columns:
+        raise ValueError("train.sampling: source_balanced needs a source column in the split table")
+    return source_balanced_weights(train_rows["label"], train_rows["source"])
+
+
 def predict_logits(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size: int = 128) -> torch.Tensor:
     """Float32 CPU logits ``[N, classes]`` for uint8 ``[N, 1, S, S]`` images (e.g. from ``cached_images``)."""
     model.eval()
@@ -223,6 +233,7 @@ def _train_epoch(
     seed: int,
     epoch: int,
     ranks: Dist,
+    weights: np.ndarray | None,
 ) -> tuple[float, float, float, int]:
     """One pass over a seeded shuffle; returns (mean loss, accuracy on augmented batches, last step's LR, images).
 
@@ -231,7 +242,7 @@ def _train_epoch(
     """
     net.train()
     loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
-    batches = epoch_batches(len(images), cfg.batch_size, seed, epoch)
+    batches = epoch_batches(len(images), cfg.batch_size, seed, epoch, weights)
     progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not ranks.is_main)
     for step, rows in enumerate(progress):
         rows = ranks.shard(np.sort(rows))  # ascending reads from the memory map; order within a batch does not matter
@@ -329,6 +340,7 @@ def train_model(
         weights = _class_weights(train_labels, len(classes)).to(device) if cfg.class_weights else None
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
         augment = BatchAugment(cfg.augment, cfg.image_size)
+        sampling_weights = _sampling_weights(train_rows, cfg)
         state = _State()
         train_images_seen, train_seconds = 0, 0.0  # throughput of this run (all ranks): kept out of checkpoints
         last_path, best_path = out_dir / "last.pt", out_dir / "model.pt"
@@ -351,7 +363,7 @@ def train_model(
                 tick = time.perf_counter()
                 train_loss, train_accuracy, lr, seen = _train_epoch(
                     ranks.wrap(model), train_images, train_labels, augment, criterion, optimizer, scheduler, rt, cfg, seed,
-                    state.epoch, ranks,
+                    state.epoch, ranks, sampling_weights,
                 )
                 train_seconds += time.perf_counter() - tick
                 train_images_seen += seen
@@ -395,6 +407,7 @@ def train_model(
 
 
 OPT_IN_SWITCHES = {
+    "sampling": TrainConfig().sampling,
     "input": TrainConfig().input.model_dump(mode="json"),
     "augment": {key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")},
 }
@@ -405,8 +418,9 @@ the params a checkpoint records, so a default run writes the same checkpoint byt
 def recorded_params(cfg: TrainConfig) -> dict:
     """The train params a checkpoint records: all but ``resume``, without the opt-in switches that are off."""
     params = cfg.model_dump(mode="json", exclude={"resume"})
-    if params["input"] == OPT_IN_SWITCHES["input"]:
-        del params["input"]
+    for key in ("sampling", "input"):
+        if params[key] == OPT_IN_SWITCHES[key]:
+            del params[key]
     for key, off in OPT_IN_SWITCHES["augment"].items():
         if params["augment"][key] == off:
             del params["augment"][key]

@@ -1,0 +1,184 @@
+"""The generalisation ablation (issue 12): which training changes make the classifier learn tumours, not sources.
+
+Run from a project root whose pipeline was run up to the split stage on real data
+(``fetch.source_set: mirror``), so that ``build/split/split.csv`` exists:
+
+    python benchmarks/generalisation_ablation.py --config input_crop_percentile -S num_threads=1 \\
+        --out metrics/generalisation_ablation.json
+
+Each configuration (``CONFIGS``: a named set of ``train`` overrides on top of params.yaml and ``-S``) trains
+on the pipeline's patient-level split and is scored on
+
+- its internal test split: accuracy, macro-F1, accuracy per source;
+- the independent TCGA-LGG post-contrast slices (``--external``, no split holds them): tumour-slice
+  sensitivity and tumour-free-slice specificity (a tumour is called when the arg-max is not ``no_tumor``,
+  as the external stage counts it), and ROC-AUC of P(any tumour) = 1 - P(no_tumor), which does not
+  depend on where the decision threshold sits.
+
+With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
+(``brainmri.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
+the held-out source's. Results are keyed ``<config>`` or ``<config>@holdout=<source>``; a rerun of one key
+keeps the others. The test split is only scored, never used to choose: choose on TCGA and held-out sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from brainmri.config import CLASSES, TrainConfig, load_config
+
+SCANNER_AUGMENT = {
+    "augment.gamma": 0.4,
+    "augment.bias_field": 0.4,
+    "augment.downsample_min": 0.5,
+    "augment.jpeg_quality_min": 40,
+    "augment.contrast": 0.4,
+    "augment.brightness": 0.3,
+}
+HEAD_INPUT = {"input.crop": "head", "input.intensity": "percentile"}
+
+CONFIGS: dict[str, dict] = {
+    "baseline": {},
+    "input_crop_percentile": HEAD_INPUT,
+    "input_scanner_augment": {**HEAD_INPUT, **SCANNER_AUGMENT},
+    "input_augment_source_balanced": {**HEAD_INPUT, **SCANNER_AUGMENT, "sampling": "source_balanced"},
+    "source_balanced": {"sampling": "source_balanced"},
+}
+"""Every configuration tried, in the order tried (the README says how many there were)."""
+
+
+def apply_overrides(base: TrainConfig, overrides: dict) -> TrainConfig:
+    """``base`` with dotted-key overrides (``augment.gamma``) applied, validated as a TrainConfig."""
+    params = base.model_dump(mode="json")
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        if last not in node:
+            raise SystemExit(f"unknown train param {key!r}")
+        node[last] = value
+    return TrainConfig(**params)
+
+
+def tcga_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    from leakage_ablation import external_images  # the same reading as the leakage ablation
+
+    return external_images(path)
+
+
+def probabilities(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
+    """Softmax probabilities of the checkpoint on raw grey images, prepared as training prepared its own."""
+    import torch
+
+    from brainmri.checkpoint import load_checkpoint
+    from brainmri.inference import logits_and_features
+    from brainmri.preprocess import prepare_grey
+
+    model, meta = load_checkpoint(model_path)
+    prepared = [prepare_grey(image, meta.image_size, meta.preprocess) for image in images]
+    logits, _ = logits_and_features(model, prepared, meta.image_size)
+    return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+
+
+def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray], np.ndarray] | None) -> dict:
+    from brainmri.inference import read_grey_png
+
+    no_tumour = CLASSES.index("no_tumor")
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    proba = probabilities(model_path, [read_grey_png(p) for p in test["path"]])
+    truth = test["label"].map(CLASSES.index).to_numpy()
+    predicted = proba.argmax(axis=1)
+    present = sorted(set(truth.tolist()))
+    tumour, called = truth != no_tumour, predicted != no_tumour
+    result = {
+        "test_images": int(len(test)),
+        "test_accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "test_macro_f1": round(float(f1_score(truth, predicted, labels=present, average="macro")), 4),
+        "test_accuracy_by_source": {
+            source: round(float((predicted[rows] == truth[rows]).mean()), 4)
+            for source, rows in test.groupby("source").indices.items()
+        },
+        "test_tumour_sensitivity": round(float(called[tumour].mean()), 4) if tumour.any() else None,
+        "test_no_tumour_specificity": round(float((~called[~tumour]).mean()), 4) if (~tumour).any() else None,
+    }
+    if external is not None:
+        images, actual = external
+        proba = probabilities(model_path, images)
+        says = proba.argmax(axis=1) != no_tumour
+        result["tcga_tumour_sensitivity"] = round(float(says[actual].mean()), 4)
+        result["tcga_no_tumour_specificity"] = round(float((~says[~actual]).mean()), 4)
+        result["tcga_auc"] = round(float(roc_auc_score(actual, 1.0 - proba[:, no_tumour])), 4)
+    return result
+
+
+def split_table(root: Path, holdout: str | None, seed: int) -> pd.DataFrame:
+    table = pd.read_csv(root / "build/split/split.csv", dtype=str, keep_default_na=False)
+    if holdout is None:
+        return table
+    from brainmri.config import SplitConfig
+    from brainmri.split import holdout_split
+
+    if holdout not in set(table["source"]):
+        raise SystemExit(f"--holdout {holdout!r}: no such source in build/split/split.csv")
+    cfg = load_config(root / "params.yaml").split.model_copy(update={"holdout_source": holdout})
+    assert isinstance(cfg, SplitConfig)
+    return table.assign(split=holdout_split(table, cfg, seed))
+
+
+COLUMNS = [
+    "test_accuracy", "test_macro_f1", "test_tumour_sensitivity", "test_no_tumour_specificity",
+    "tcga_tumour_sensitivity", "tcga_no_tumour_specificity", "tcga_auc", "train_minutes",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("."))
+    parser.add_argument("--external", type=Path, default=Path("../shared/datasets/tcga-lgg-post-contrast.zip"))
+    parser.add_argument("--config", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--holdout", default=None, help="a source to leave out (the test set is then its images)")
+    parser.add_argument("-S", dest="overrides", action="append", default=[], help="train param override, e.g. -S epochs=4")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--score-only", action="store_true", help="rescore the models build/generalisation already holds")
+    args = parser.parse_args()
+
+    from brainmri.train import train_model
+
+    cfg = load_config(args.root / "params.yaml")
+    common = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.overrides)}
+    external = tcga_images(args.external) if args.external.exists() else None
+    table = split_table(args.root, args.holdout, cfg.seed)
+    document = json.loads(args.out.read_text()) if args.out and args.out.exists() else {"configs": {}, "results": {}}
+    for name in args.config:
+        train_cfg = apply_overrides(cfg.train, {**common, **CONFIGS[name]})
+        key = name if args.holdout is None else f"{name}@holdout={args.holdout}"
+        work = args.root / "build/generalisation" / key.replace("@holdout=", "-holdout-")
+        started = time.perf_counter()
+        if not args.score_only:
+            train_model(table, train_cfg, seed=cfg.seed, out_dir=work, live_dir=work / "live", data_version=key)
+        previous = document["results"].get(key, {})
+        minutes = previous.get("train_minutes") if args.score_only else round((time.perf_counter() - started) / 60, 1)
+        document["configs"][name] = {**common, **CONFIGS[name]}
+        document["results"][key] = {"train_images": int((table["split"] == "train").sum()), **score(work / "model.pt", table, external),
+                                    "train_minutes": minutes}
+        print(key, json.dumps(document["results"][key]), flush=True)
+        if args.out:
+            document["train"] = cfg.train.model_dump(mode="json")
+            args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print("| configuration | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for key, row in document["results"].items():
+        print(f"| {key} | " + " | ".join("" if row.get(c) is None else str(row[c]) for c in COLUMNS) + " |")
+
+
+if __name__ == "__main__":
+    main()
