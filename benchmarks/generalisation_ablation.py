@@ -13,7 +13,8 @@ on the pipeline's patient-level split and is scored on
 - the independent TCGA-LGG post-contrast slices (``--external``, no split holds them): tumour-slice
   sensitivity and tumour-free-slice specificity (a tumour is called when the arg-max is not ``no_tumor``,
   as the external stage counts it), and ROC-AUC of P(any tumour) = 1 - P(no_tumor), which does not
-  depend on where the decision threshold sits.
+  depend on where the decision threshold sits; and the same on the half of its patients that
+  ``input_augment_balanced_tcga_half`` does not train on (``tcga_half_*``, for every configuration).
 
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
@@ -24,13 +25,16 @@ keeps the others. The test split is only scored, never used to choose: choose on
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from brainmri.config import CLASSES, TrainConfig, load_config
@@ -43,6 +47,11 @@ SCANNER_AUGMENT = {
     "augment.contrast": 0.4,
     "augment.brightness": 0.3,
 }
+TCGA_TRAIN = "tcga_train_half"
+"""The extra-training switch of a configuration: add the TCGA slices of every other patient (sorted ids, even
+positions) to train, as ``glioma`` / ``no_tumor`` of a source ``tcga``; TCGA is then scored on the other half
+only (``tcga_half_*``), which every configuration also reports, so the rows compare."""
+
 HEAD_INPUT = {"input.crop": "head", "input.intensity": "percentile"}
 
 CONFIGS: dict[str, dict] = {
@@ -51,6 +60,7 @@ CONFIGS: dict[str, dict] = {
     "input_scanner_augment": {**HEAD_INPUT, **SCANNER_AUGMENT},
     "input_augment_source_balanced": {**HEAD_INPUT, **SCANNER_AUGMENT, "sampling": "source_balanced"},
     "source_balanced": {"sampling": "source_balanced"},
+    "input_augment_balanced_tcga_half": {**HEAD_INPUT, **SCANNER_AUGMENT, "sampling": "source_balanced", "extra": TCGA_TRAIN},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
@@ -69,10 +79,36 @@ def apply_overrides(base: TrainConfig, overrides: dict) -> TrainConfig:
     return TrainConfig(**params)
 
 
-def tcga_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
-    from leakage_ablation import external_images  # the same reading as the leakage ablation
+class External:
+    """The TCGA slices: grey images, tumour or not, patient of each, and the half no configuration trains on."""
 
-    return external_images(path)
+    def __init__(self, path: Path):
+        with zipfile.ZipFile(path) as archive:
+            slices = next(name for name in archive.namelist() if name.endswith("slices.csv"))
+            table = pd.read_csv(io.BytesIO(archive.read(slices)), dtype=str)
+            patient_of = dict(zip(table["file"], table["patient"]))
+            self.names, images, tumour = [], [], []
+            for name in sorted(archive.namelist()):
+                folder = PurePosixPath(name).parent.name
+                if name.lower().endswith(".jpg") and folder in ("tumour", "no_tumour"):
+                    self.names.append(name)
+                    images.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("L")))
+                    tumour.append(folder == "tumour")
+        self.images, self.tumour = images, np.array(tumour)
+        self.patients = np.array([patient_of[PurePosixPath(name).name] for name in self.names])
+        self.train_patients = sorted(set(self.patients))[::2]
+        self.held_out = ~np.isin(self.patients, self.train_patients)
+
+    def training_rows(self, folder: Path) -> pd.DataFrame:
+        """The train half written as PNGs under ``folder``, as split-table rows of source ``tcga``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for k in np.flatnonzero(~self.held_out):
+            path = folder / (PurePosixPath(self.names[k]).stem + ".png")
+            if not path.exists():
+                Image.fromarray(self.images[k]).save(path)
+            rows.append({"path": str(path), "label": "glioma" if self.tumour[k] else "no_tumor", "source": "tcga", "split": "train"})
+        return pd.DataFrame(rows)
 
 
 def probabilities(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
@@ -89,7 +125,18 @@ def probabilities(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
-def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray], np.ndarray] | None) -> dict:
+def detection(prefix: str, actual: np.ndarray, proba: np.ndarray) -> dict:
+    """Tumour-slice sensitivity, tumour-free-slice specificity and ROC-AUC of P(any tumour)."""
+    no_tumour = CLASSES.index("no_tumor")
+    says = proba.argmax(axis=1) != no_tumour
+    return {
+        f"{prefix}_tumour_sensitivity": round(float(says[actual].mean()), 4),
+        f"{prefix}_no_tumour_specificity": round(float((~says[~actual]).mean()), 4),
+        f"{prefix}_auc": round(float(roc_auc_score(actual, 1.0 - proba[:, no_tumour])), 4),
+    }
+
+
+def score(model_path: Path, table: pd.DataFrame, external: External | None) -> dict:
     from brainmri.inference import read_grey_png
 
     no_tumour = CLASSES.index("no_tumor")
@@ -111,12 +158,10 @@ def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray
         "test_no_tumour_specificity": round(float((~called[~tumour]).mean()), 4) if (~tumour).any() else None,
     }
     if external is not None:
-        images, actual = external
-        proba = probabilities(model_path, images)
-        says = proba.argmax(axis=1) != no_tumour
-        result["tcga_tumour_sensitivity"] = round(float(says[actual].mean()), 4)
-        result["tcga_no_tumour_specificity"] = round(float((~says[~actual]).mean()), 4)
-        result["tcga_auc"] = round(float(roc_auc_score(actual, 1.0 - proba[:, no_tumour])), 4)
+        proba = probabilities(model_path, external.images)
+        result.update(detection("tcga", external.tumour, proba))
+        half = external.held_out
+        result.update(detection("tcga_half", external.tumour[half], proba[half]))
     return result
 
 
@@ -136,7 +181,8 @@ def split_table(root: Path, holdout: str | None, seed: int) -> pd.DataFrame:
 
 COLUMNS = [
     "test_accuracy", "test_macro_f1", "test_tumour_sensitivity", "test_no_tumour_specificity",
-    "tcga_tumour_sensitivity", "tcga_no_tumour_specificity", "tcga_auc", "train_minutes",
+    "tcga_tumour_sensitivity", "tcga_no_tumour_specificity", "tcga_auc", "tcga_half_tumour_sensitivity",
+    "tcga_half_no_tumour_specificity", "tcga_half_auc", "train_minutes",
 ]
 
 
@@ -155,16 +201,23 @@ def main() -> None:
 
     cfg = load_config(args.root / "params.yaml")
     common = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.overrides)}
-    external = tcga_images(args.external) if args.external.exists() else None
+    external = External(args.external) if args.external.exists() else None
     table = split_table(args.root, args.holdout, cfg.seed)
     document = json.loads(args.out.read_text()) if args.out and args.out.exists() else {"configs": {}, "results": {}}
     for name in args.config:
-        train_cfg = apply_overrides(cfg.train, {**common, **CONFIGS[name]})
+        overrides = {**common, **CONFIGS[name]}
+        extra = overrides.pop("extra", None)
+        train_cfg = apply_overrides(cfg.train, overrides)
         key = name if args.holdout is None else f"{name}@holdout={args.holdout}"
         work = args.root / "build/generalisation" / key.replace("@holdout=", "-holdout-")
+        training = table
+        if extra == TCGA_TRAIN:
+            if external is None:
+                raise SystemExit(f"{name} trains on half of TCGA: {args.external} is missing")
+            training = pd.concat([table, external.training_rows(args.root / "build/generalisation/tcga_train_half")])
         started = time.perf_counter()
         if not args.score_only:
-            train_model(table, train_cfg, seed=cfg.seed, out_dir=work, live_dir=work / "live", data_version=key)
+            train_model(training, train_cfg, seed=cfg.seed, out_dir=work, live_dir=work / "live", data_version=key)
         previous = document["results"].get(key, {})
         minutes = previous.get("train_minutes") if args.score_only else round((time.perf_counter() - started) / 60, 1)
         document["configs"][name] = {**common, **CONFIGS[name]}
