@@ -8,6 +8,10 @@ model-alone rate. A ratio near 1 means the data path is not the bottleneck.
 
     python benchmarks/bench_train.py                       # the two default models, every core
     python benchmarks/bench_train.py --models small_cnn --threads 1
+    BRAINMRI_NATIVE_CPU=1 python benchmarks/bench_train.py --precision fp32 bf16   # bf16 autocast on CPU
+
+``--precision bf16`` on CPU is ``train.cpu_bf16``: it needs native kernels (``BRAINMRI_NATIVE_CPU=1``) and
+a core with AVX512-BF16 or AMX; elsewhere the run says why and measures fp32 again (the table says which ran).
 """
 
 from __future__ import annotations
@@ -83,10 +87,11 @@ def synthetic_table(folder: Path, count: int, source_size: int = 256) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def loop_rate(name: str, size: int, batch_size: int, images: int, threads: int, folder: Path) -> float:
+def loop_rate(name: str, size: int, batch_size: int, images: int, threads: int, folder: Path, cpu_bf16: bool) -> float:
     """Train images/s of ``train_model`` over two epochs (first-step warm-up included, as in real runs)."""
     cfg = TrainConfig(
-        model=name, image_size=size, batch_size=batch_size, epochs=2, num_threads=threads, cache_dir=folder / "cache"
+        model=name, image_size=size, batch_size=batch_size, epochs=2, num_threads=threads, cache_dir=folder / "cache",
+        cpu_bf16=cpu_bf16,
     )
     table = synthetic_table(folder, images)
     summary = train_model(
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         "--images", type=int, default=1024, help="synthetic images for the loop rate (enough steps that the slow first one does not count)"
     )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="bf16: train.cpu_bf16 on CPU")
     args = parser.parse_args(argv)
 
     device = select_device("auto")
@@ -111,18 +117,20 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            size = DEFAULT_IMAGE_SIZE[name]
-            with runtime(device, args.threads) as rt:
-                train_rate, infer_rate = model_rates(name, size, args.batch_size, args.repeats, rt)
-            folder = Path(tmp) / name
-            folder.mkdir()
-            loop = loop_rate(name, size, args.batch_size, args.images, args.threads, folder)
-            rows.append((name, size, train_rate, infer_rate, loop, loop / train_rate))
+            for precision in args.precision:
+                size = DEFAULT_IMAGE_SIZE[name]
+                with runtime(device, args.threads, cpu_bf16=precision == "bf16") as rt:
+                    train_rate, infer_rate = model_rates(name, size, args.batch_size, args.repeats, rt)
+                    ran = "bf16" if rt.is_cuda or rt.cpu_bf16 else "fp32"
+                folder = Path(tmp) / f"{name}-{precision}"
+                folder.mkdir()
+                loop = loop_rate(name, size, args.batch_size, args.images, args.threads, folder, precision == "bf16")
+                rows.append((name, size, ran, train_rate, infer_rate, loop, loop / train_rate))
     print(f"\ndevice: {name_cpu}; batch {args.batch_size}; torch {torch.__version__}\n")
-    print("| model | size | train img/s (model) | inference img/s | train img/s (full loop) | loop / model |")
-    print("|---|---|---|---|---|---|")
-    for name, size, train_rate, infer_rate, loop, ratio in rows:
-        print(f"| {name} | {size} | {train_rate:.1f} | {infer_rate:.1f} | {loop:.1f} | {ratio:.2f} |")
+    print("| model | size | precision | train img/s (model) | inference img/s | train img/s (full loop) | loop / model |")
+    print("|---|---|---|---|---|---|---|")
+    for name, size, ran, train_rate, infer_rate, loop, ratio in rows:
+        print(f"| {name} | {size} | {ran} | {train_rate:.1f} | {infer_rate:.1f} | {loop:.1f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -321,6 +321,11 @@ class TrainConfig(_Strict):
     )
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_bf16: bool = Field(
+        False,
+        description="bf16 autocast when training on a CPU with AVX512-BF16 or AMX and native kernels "
+        "(BRAINMRI_NATIVE_CPU=1); elsewhere fp32, with a note (brainmri.device.cpu_bf16_usable)",
+    )
     num_threads: int = Field(
         0, ge=0, description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)"
     )

@@ -65,7 +65,7 @@ KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "
 """The CPU flags that decide which kernels the libraries would pick unpinned."""
 
 
-def _cpu_info() -> tuple[str, list[str]]:
+def cpu_info() -> tuple[str, list[str]]:
     """The CPU's model name and its ``KERNEL_FLAGS`` (from /proc/cpuinfo; elsewhere the platform's name, no flags)."""
     import platform
 
@@ -119,7 +119,7 @@ def environment_fingerprint(device: str, threads: int) -> dict:
         **{name.lower(): os.environ.get(name, "unset") for name in PINNED_ENV},
         "portable": device == "cpu" and is_pinned() and capability == "AVX2",
     }
-    model, flags = _cpu_info()
+    model, flags = cpu_info()
     machine = {
         "cpu": model,
         "cpu_flags": flags,

@@ -331,7 +331,7 @@ def train_model(
     val_labels = label_indices(val_rows["label"], classes)
     cache_seconds = time.perf_counter() - started
 
-    with distributed(select_device(cfg.device)) as ranks, runtime(ranks.device, _cpu_threads(cfg, ranks)) as rt:
+    with distributed(select_device(cfg.device)) as ranks, runtime(ranks.device, _cpu_threads(cfg, ranks), cpu_bf16=cfg.cpu_bf16) as rt:
         device = ranks.device
         _seed_everything(seed)
         model = build_model(cfg.model, len(classes), cfg.pretrained).to(device, memory_format=torch.channels_last)
@@ -407,18 +407,19 @@ def train_model(
 
 
 OPT_IN_SWITCHES = {
+    "cpu_bf16": TrainConfig().cpu_bf16,
     "sampling": TrainConfig().sampling,
     "input": TrainConfig().input.model_dump(mode="json"),
     "augment": {key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")},
 }
-"""The issue-12 switches (``train.input``, scanner augmentations). At their off defaults they are left out of
+"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.input``, scanner augmentations). At their off defaults they are left out of
 the params a checkpoint records, so a default run writes the same checkpoint bytes as before they existed."""
 
 
 def recorded_params(cfg: TrainConfig) -> dict:
     """The train params a checkpoint records: all but ``resume``, without the opt-in switches that are off."""
     params = cfg.model_dump(mode="json", exclude={"resume"})
-    for key in ("sampling", "input"):
+    for key in ("cpu_bf16", "sampling", "input"):
         if params[key] == OPT_IN_SWITCHES[key]:
             del params[key]
     for key, off in OPT_IN_SWITCHES["augment"].items():
