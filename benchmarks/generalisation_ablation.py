@@ -14,7 +14,7 @@ on the pipeline's patient-level split and is scored on
   sensitivity and tumour-free-slice specificity (a tumour is called when the arg-max is not ``no_tumor``,
   as the external stage counts it), and ROC-AUC of P(any tumour) = 1 - P(no_tumor), which does not
   depend on where the decision threshold sits; and the same on the half of its patients that
-  ``input_augment_balanced_tcga_half`` does not train on (``tcga_half_*``, for every configuration).
+  the ``tcga_half`` configurations do not train on (``tcga_half_*``, for every configuration).
 
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
@@ -58,9 +58,9 @@ CONFIGS: dict[str, dict] = {
     "baseline": {},
     "input_crop_percentile": HEAD_INPUT,
     "input_scanner_augment": {**HEAD_INPUT, **SCANNER_AUGMENT},
-    "input_augment_source_balanced": {**HEAD_INPUT, **SCANNER_AUGMENT, "sampling": "source_balanced"},
+    "tcga_half": {"extra": TCGA_TRAIN},
     "source_balanced": {"sampling": "source_balanced"},
-    "input_augment_balanced_tcga_half": {**HEAD_INPUT, **SCANNER_AUGMENT, "sampling": "source_balanced", "extra": TCGA_TRAIN},
+    "tcga_half_source_balanced": {"sampling": "source_balanced", "extra": TCGA_TRAIN},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
