@@ -34,6 +34,7 @@ from .config import EvaluateConfig, InputConfig
 from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
 from .inference import logits_and_features, read_grey_png
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
+from .near_ood import near_mri_images
 from .ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
 from .preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
 from .temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
@@ -190,12 +191,18 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
 
 
 def _ood(
-    check: OODCheck, features: dict[str, list[np.ndarray]], test_rows: pd.DataFrame, non_mri: tuple[list[str], list[np.ndarray]]
+    check: OODCheck,
+    features: dict[str, list[np.ndarray]],
+    test_rows: pd.DataFrame,
+    non_mri: tuple[list[str], list[np.ndarray]],
+    near: tuple[list[str], list[np.ndarray]],
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """False rejections of MRI (val, test, test per source) and detection of non-MRI; the scores for the figure."""
+    """False rejections of MRI (val, test, test per source), detection of non-MRI and of near-distribution inputs
+    (``brainmri.near_ood``: CT-like, other body parts); the scores for the figure."""
     scores = {split: check.score(f) for split, f in features.items()}
     kinds, non_mri_features = non_mri
     scores["non-MRI"] = check.score(non_mri_features)
+    near_kinds, near_features = near
     test_rejected = check.rejects(scores["test"])
     sources = test_rows["source"].to_numpy()
     result = {
@@ -209,6 +216,7 @@ def _ood(
             "per_source": {s: round(float(test_rejected[sources == s].mean()), 4) for s in sorted(set(sources))},
         },
         "non_mri": detection_summary(kinds, check.rejects(scores["non-MRI"])),
+        "near_distribution": detection_summary(near_kinds, check.rejects(check.score(near_features))),
     }
     return result, {"val MRI": scores["val"], "test MRI": scores["test"], "non-MRI": scores["non-MRI"]}
 
@@ -250,9 +258,11 @@ def evaluate_model(
 
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")
-    non_mri = non_mri_images(seed)
-    _, non_mri_features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in non_mri], meta.image_size)
-    ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features))
+    probes = {}
+    for name, samples in (("non_mri", non_mri_images(seed)), ("near", near_mri_images(seed))):
+        _, probe_features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size)
+        probes[name] = ([k for k, _, _ in samples], probe_features)
+    ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], probes["non_mri"], probes["near"])
 
     results, predictions = {}, []
     for split in ("val", "test"):

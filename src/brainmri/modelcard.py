@@ -189,9 +189,14 @@ def _ood(ood: dict) -> list[str]:
         "per source: " + ", ".join(f"{s} {_pct(r)}" for s, r in test["per_source"].items()) + ".",
         f"- Non-MRI images detected: {_pct(non_mri['detection_rate'])} of {non_mri['n']}; per kind: "
         + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in non_mri["per_kind"].items()) + ".",
-        "",
     ]
-    return lines
+    if near := ood.get("near_distribution"):
+        lines.append(
+            f"- Other medical images (generated look-alikes) refused: {_pct(near['detection_rate'])} of {near['n']}; per kind: "
+            + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in near["per_kind"].items())
+            + ". What gets through is classified as if it were a brain MRI."
+        )
+    return lines + [""]
 
 
 def _confounding(table: pd.DataFrame) -> list[str]:
