@@ -31,7 +31,7 @@ from sklearn import metrics as skm
 
 from .checkpoint import load_checkpoint
 from .config import EvaluateConfig, InputConfig
-from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
+from .explain import DEFAULT_SALIENCY, SALIENCY_METHODS, gradcam_images, localisation, region_mask, save_overlay, summarise_localisation, tolerance_in_map
 from .inference import logits_and_features, read_grey_png
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
 from .near_ood import near_mri_images
@@ -160,19 +160,32 @@ def _cropped_region(path: str, mask: str, box: str, size: int, spec: InputConfig
     return view if view.any() else None
 
 
+def _stored_side(path: str) -> int:
+    with Image.open(path) as image:
+        return max(image.size)
+
+
 def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, proba: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
-    """Localisation scores on every test image with a known tumour region, and the seeded overlay sample.
+    """Localisation scores of every saliency method on every test image with a known tumour region, and the
+    seeded overlay sample (default method).
 
     Localisation explains the *true* class (does the evidence for the right
     answer sit on the tumour?); overlays explain the *predicted* class (what
-    made the model say what it said).
+    made the model say what it said). The pointing game's 15-pixel tolerance
+    is in pixels of the stored image (with ``crop: head`` the view is
+    smaller than the image, so the tolerance in the view is a little
+    stricter than 15 of its pixels).
     """
     classes = list(meta.classes)
     predicted = proba.argmax(axis=1)
     regions = _regions(rows, meta.image_size, meta.preprocess)
     located = [i for i, region in enumerate(regions) if region is not None]
-    cams, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located])
-    scores = [{"label": classes[y[i]], **localisation(cam, regions[i])} for i, cam in zip(located, cams)]
+    tolerances = [tolerance_in_map(_stored_side(rows["path"].iloc[i]), meta.image_size) for i in located]
+    by_method = {}
+    for method in SALIENCY_METHODS:
+        maps, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located], method=method)
+        scores = [{"label": classes[y[i]], **localisation(m, regions[i], t)} for i, m, t in zip(located, maps, tolerances)]
+        by_method[method] = summarise_localisation(scores, classes)
 
     gradcam_dir = cfg.out_dir / "gradcam"
     shutil.rmtree(gradcam_dir, ignore_errors=True)  # no overlays left over from a run with another sample
@@ -187,7 +200,7 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
         save_overlay(path, original, cam, regions[i])
         title = f"{classes[y[i]]} → {classes[predicted[i]]} ({proba[i, predicted[i]]:.2f}), {verdict}\n{image_id}"
         panels.append((path, title))
-    return summarise_localisation(scores, classes), panels
+    return by_method, panels
 
 
 def _ood(
@@ -281,7 +294,10 @@ def evaluate_model(
     ood_figure(ood_scores, check.threshold, cfg.out_dir / "ood_scores.png")
 
     calibration = calibration_summary({s: logits[s] for s in ("val", "test")}, {s: y[s] for s in ("val", "test")}, temperature)
-    payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration, "localisation": located, "ood": ood}
+    payload = {
+        "model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration,
+        "localisation": located[DEFAULT_SALIENCY], "localisation_methods": located, "ood": ood,
+    }
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)
     reports = {name: json.loads(path.read_text()) for name, path in (("dedup", dedup_report), ("split", split_report)) if path and path.exists()}
