@@ -11,7 +11,13 @@ MRI whose scores the evaluate and external stages already wrote
 the fitted threshold it shows the refusal rates the threshold would give at
 other quantiles of the val scores, the one knob of the check.
 
-    python benchmarks/ood_near.py --build build --external build/external/tcga_lgg_post_contrast/predictions.csv
+For the external sets it also says where the refusals fall: how many refused
+images are blank (one grey level: not a brain MRI by any measure; needs the
+set itself, ``--sets``), the refusal rate without them, and the patients
+with the most refused slices.
+
+    python benchmarks/ood_near.py --build build --external build/external/tcga_lgg_post_contrast/predictions.csv \
+        --sets ../shared/datasets/tcga-lgg-post-contrast.zip
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import numpy as np
 import pandas as pd
 
 from brainmri.checkpoint import load_checkpoint
+from brainmri.imaging import BadImage, decode_image
 from brainmri.inference import logits_and_features
 from brainmri.near_ood import ACCEPTED_KINDS, near_mri_images, packaged_medical_images
 from brainmri.ood import OODCheck, non_mri_images
+from brainmri.predict import LIMITS, iter_inputs
 from brainmri.preprocess import normalise_input
 
 QUANTILES = (0.99, 0.995, 0.999, 1.0)
@@ -51,10 +59,42 @@ def refusal_table(groups: dict[str, np.ndarray], thresholds: dict[str, float]) -
     return pd.DataFrame(rows)
 
 
+def blank_files(sets: list[Path]) -> set[str]:
+    """Names (as the external stage writes them) of the images in ``sets`` that hold a single grey level."""
+    blank = set()
+    for name, data, _ in iter_inputs(sets):
+        try:
+            pixels = decode_image(data or b"", name, LIMITS)
+        except BadImage:
+            continue
+        if pixels.min() == pixels.max():
+            blank.add(name)
+    return blank
+
+
+def where_refusals_fall(predictions: pd.DataFrame, threshold: float, blank: set[str], top: int = 5) -> dict:
+    """Refused images of an external set: how many are blank, the rate without them, the patients with the most."""
+    refused = predictions["ood_score"].to_numpy() > threshold
+    is_blank = predictions["file"].isin(blank).to_numpy()
+    result = {
+        "n": len(predictions),
+        "refused": int(refused.sum()),
+        "blank": int(is_blank.sum()),
+        "refused_blank": int((refused & is_blank).sum()),
+        "refusal_rate_without_blank": round(float(refused[~is_blank].mean()), 4) if (~is_blank).any() else None,
+    }
+    if "patient" in predictions and predictions["patient"].astype(str).str.len().gt(0).any():
+        per_patient = predictions.loc[refused & ~is_blank].groupby("patient").size().sort_values(ascending=False)
+        result["patients_with_refusals"] = int(len(per_patient))
+        result["most_refused_patients"] = {str(k): int(v) for k, v in per_patient.head(top).items()}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, default=Path("build"), help="folder with model/model.pt and evaluate/{ood.npz,predictions.csv}")
     parser.add_argument("--external", type=Path, nargs="*", default=[], help="external sets' predictions.csv (real brain MRI)")
+    parser.add_argument("--sets", type=Path, nargs="*", default=[], help="the external sets' folders or zips, to find blank images")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
@@ -64,17 +104,24 @@ def main() -> None:
     val = predictions.loc[predictions["split"] == "val", "ood_score"].to_numpy()
     thresholds = {"fitted": check.threshold} | {f"q={q}": float(np.quantile(val, q, method="higher")) for q in QUANTILES}
     groups = {"brain MRI: test split": predictions.loc[predictions["split"] == "test", "ood_score"].to_numpy()}
+    blank = blank_files(args.sets)
+    breakdown = {}
     for path in args.external:
-        groups[f"brain MRI: {path.parent.name}"] = pd.read_csv(path)["ood_score"].to_numpy()
+        external = pd.read_csv(path, keep_default_na=False)
+        groups[f"brain MRI: {path.parent.name}"] = external["ood_score"].to_numpy()
+        breakdown[path.parent.name] = where_refusals_fall(external, check.threshold, blank)
     kinds_array = np.asarray(kinds)
     for kind in dict.fromkeys(kinds):
         label = f"brain MRI: {kind}" if kind in ACCEPTED_KINDS else kind
         groups[label] = scores[kinds_array == kind]
     table = refusal_table(groups, thresholds)
-    print(f"thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()))
+    print("thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items()))
     print(table.to_markdown(index=False))
+    for name, result in breakdown.items():
+        print(f"{name} at the fitted threshold: {json.dumps(result)}")
     if args.out:
-        args.out.write_text(json.dumps({"thresholds": thresholds, "rows": table.to_dict(orient="records")}, indent=2) + "\n")
+        payload = {"thresholds": thresholds, "rows": table.to_dict(orient="records"), "external": breakdown}
+        args.out.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":
