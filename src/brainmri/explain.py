@@ -96,7 +96,8 @@ def channel_weights(activation: torch.Tensor, gradient: torch.Tensor, method: st
         return gradient.mean(dim=(2, 3), keepdim=True)
     squared = gradient**2
     denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * gradient**3
-    alpha = torch.where(denominator != 0, squared / torch.where(denominator != 0, denominator, torch.ones_like(denominator)), torch.zeros_like(squared))
+    defined = denominator != 0  # 0 where the gradient is 0: that pixel adds nothing (no 0/0)
+    alpha = torch.where(defined, squared / torch.where(defined, denominator, torch.ones_like(denominator)), torch.zeros_like(squared))
     return (alpha * F.relu(gradient)).sum(dim=(2, 3), keepdim=True)
 
 
