@@ -76,9 +76,16 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     located = metrics["localisation"]
     assert set(located) == {"glioma", "meningioma", "pituitary", "all"}  # no region is known for no_tumor
     assert located["all"]["n"] == 9 and 0 < located["all"]["chance"] < 0.2
+    methods = metrics["localisation_methods"]
+    assert set(methods) == {"gradcam", "gradcam_pp", "input_gradient"} and methods["gradcam"] == located  # default: Grad-CAM
+    for summary in methods.values():
+        assert set(summary) == set(located) and summary["all"]["pointing_game_15px"] >= summary["all"]["pointing_game"]
     ood = metrics["ood"]
     assert ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
     assert ood["non_mri"]["n"] > 30 and 0 <= ood["non_mri"]["detection_rate"] <= 1
+    near = ood["near_distribution"]["per_kind"]
+    assert set(near) == {"ct_head_like_brain_window", "ct_head_like_bone_window", "ct_shepp_logan", "mri_body_like"}
+    assert sum(k["n"] for k in near.values()) == ood["near_distribution"]["n"] == 13
 
     calibration = metrics["calibration"]
     assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0
@@ -101,6 +108,7 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     card = (out / "MODEL_CARD.md").read_text()
     for heading in ("## Intended use", "## Data", "## Results", "## Explanations", "## Out-of-distribution check", "## Limitations"):
         assert heading in card, heading
+    assert "| gradcam_pp | glioma |" in card and "Other medical images (generated look-alikes) refused" in card
     assert "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
     assert "[95% CI]" in card and "source_a" in card and "temperature-scaled" in card
 

@@ -1,4 +1,5 @@
-"""Grad-CAM finds a planted blob, localisation scores count hits and mass, regions come from masks and boxes."""
+"""Grad-CAM finds a planted blob; Grad-CAM++ and input gradients match hand-computed maps; localisation scores count
+hits (strict and with the 15-pixel tolerance) and mass; regions come from masks and boxes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brainmri.explain import gradcam, gradcam_images, localisation, overlay, region_mask, save_overlay, summarise_localisation
+from brainmri.explain import (
+    channel_weights,
+    gradcam,
+    gradcam_images,
+    localisation,
+    overlay,
+    region_mask,
+    saliency,
+    save_overlay,
+    summarise_localisation,
+    tolerance_in_map,
+)
 from brainmri.models import build_model
 
 SIZE = 48
@@ -101,16 +113,81 @@ def test_localisation_counts_peak_and_mass():
     region[0, 0] = True
     cam = np.zeros((4, 4))
     cam[0, 0], cam[3, 3] = 1.0, 0.5
-    assert localisation(cam, region) == pytest.approx({"hit": True, "mass": 1 / 1.5, "area": 1 / 16})
+    assert localisation(cam, region) == pytest.approx({"hit": True, "hit_tolerant": True, "mass": 1 / 1.5, "area": 1 / 16})
     cam[3, 3] = 2.0
     assert localisation(cam, region)["hit"] is False
-    assert localisation(np.zeros((4, 4)), region) == {"hit": False, "mass": 0.0, "area": 1 / 16}
-    rows = [{"label": "glioma", "hit": True, "mass": 0.5, "area": 0.1}, {"label": "glioma", "hit": False, "mass": 0.1, "area": 0.1}]
+    assert localisation(np.zeros((4, 4)), region) == {"hit": False, "hit_tolerant": False, "mass": 0.0, "area": 1 / 16}
+    rows = [
+        {"label": "glioma", "hit": True, "hit_tolerant": True, "mass": 0.5, "area": 0.1},
+        {"label": "glioma", "hit": False, "hit_tolerant": True, "mass": 0.1, "area": 0.1},
+    ]
     summary = summarise_localisation(rows, ["glioma", "no_tumor"])
-    assert summary == {
-        "glioma": {"n": 2, "pointing_game": 0.5, "mass_in_region": 0.3, "chance": 0.1},
-        "all": {"n": 2, "pointing_game": 0.5, "mass_in_region": 0.3, "chance": 0.1},
-    }
+    expected = {"n": 2, "pointing_game": 0.5, "pointing_game_15px": 1.0, "mass_in_region": 0.3, "chance": 0.1}
+    assert summary == {"glioma": expected, "all": expected}
+
+
+def test_pointing_game_tolerance_is_the_distance_from_the_peak_to_the_region():
+    """Zhang et al.: a hit if the peak lies within 15 px of the region. A 3x3 region at rows/columns 10-12; peaks 14
+    and 16 px to the right of its edge, and one 9 px right and 12 px down (distance 15, on the limit)."""
+    region = np.zeros((40, 40), dtype=bool)
+    region[10:13, 10:13] = True
+    for (row, column), hit in (((11, 26), True), ((11, 28), False), ((24, 21), True), ((11, 11), True)):
+        cam = np.zeros((40, 40))
+        cam[row, column] = 1.0
+        result = localisation(cam, region, tolerance=15)
+        assert result["hit_tolerant"] is hit, (row, column)
+        assert result["hit"] is ((row, column) == (11, 11))
+    assert tolerance_in_map(512, 96) == pytest.approx(15 * 96 / 512)  # figshare's 512 px slices seen at 96 px: 2.8 px
+
+
+class MeanPoolNet(nn.Module):
+    """``features``: two 1x1 convolutions that copy the image (weight 1, no bias); the score of class k is
+    ``sum_c head[k, c] * mean(A_c)``, so every activation pixel gets the gradient ``head[k, c] / (H * W)``."""
+
+    def __init__(self, head: list[list[float]]):
+        super().__init__()
+        self.features = nn.Conv2d(1, 2, 1, bias=False)
+        nn.init.ones_(self.features.weight)
+        self.head = nn.Linear(2, len(head), bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor(head))
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_gradcam_plus_plus_keeps_positive_evidence_that_gradcam_cancels():
+    """Class 0 reads channel 0 with weight +1 and channel 1 (the same image) with -1: Grad-CAM's weights 1/HW and
+    -1/HW cancel to an empty map; Grad-CAM++ weights only positive gradients, so its map is the image itself."""
+    image = torch.arange(1.0, 17.0).view(1, 1, 4, 4) / 16
+    model = MeanPoolNet([[1.0, -1.0], [0.0, 1.0]])
+    cam, _ = saliency(model, image, targets=[0], method="gradcam", layer=model.features)
+    assert np.allclose(cam, 0.0)
+    cam_pp, _ = saliency(model, image, targets=[0], method="gradcam_pp", layer=model.features)
+    assert np.allclose(cam_pp[0], image[0, 0].numpy() / image.max().item(), atol=1e-6)
+
+
+def test_gradcam_plus_plus_weights_by_hand():
+    """One channel A = [[1, 2], [3, 4]] (sum 10), gradient 0.5 everywhere: alpha = 0.25 / (2 * 0.25 + 10 * 0.125) = 1/7
+    per pixel, weight = 4 pixels * 1/7 * 0.5 = 2/7. Grad-CAM's weight is the mean gradient, 0.5."""
+    activation = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    gradient = torch.full_like(activation, 0.5)
+    assert channel_weights(activation, gradient, "gradcam_pp").item() == pytest.approx(2 / 7)
+    assert channel_weights(activation, gradient, "gradcam").item() == pytest.approx(0.5)
+    assert channel_weights(activation, torch.zeros_like(activation), "gradcam_pp").item() == 0.0  # no 0/0
+
+
+def test_input_gradient_of_a_linear_score_is_its_weights():
+    """score = sum(W * x): the gradient is W whatever x is, and the map is |W| / max |W|."""
+    weights = torch.tensor([[0.0, -4.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0]])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(weights)
+    maps, proba = saliency(model, torch.rand(3, 1, 2, 2), targets=[0, 0, 0], method="input_gradient", layer=model[0])
+    assert maps.shape == (3, 2, 2) and proba.shape == (3, 2)
+    assert np.allclose(maps, np.array([[0.0, 1.0], [0.25, 0.5]]))
+    with pytest.raises(ValueError, match="unknown saliency method 'lime'"):
+        saliency(model, torch.rand(1, 1, 2, 2), method="lime", layer=model[0])
 
 
 def test_overlay_keeps_aspect_and_outlines_the_region(tmp_path):

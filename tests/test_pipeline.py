@@ -68,6 +68,9 @@ def test_pipeline_writes_metrics_and_plots(pipeline):
     for split in ("val", "test"):
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0
         assert metrics[split]["n"] > 0
+    near = metrics["ood"]["near_distribution"]  # CT-like and body-MRI-like inputs, refused or not by the demo model's check
+    assert near["n"] == 13 and {"ct_head_like_brain_window", "mri_body_like"} <= set(near["per_kind"])
+    assert set(metrics["localisation_methods"]) == {"gradcam", "gradcam_pp", "input_gradient"}
     merge = json.loads((pipeline / "metrics" / "merge.json").read_text())
     assert merge  # the merge report is a DVC metric
     dedup = json.loads((pipeline / "metrics" / "dedup.json").read_text())

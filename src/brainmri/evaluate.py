@@ -31,9 +31,10 @@ from sklearn import metrics as skm
 
 from .checkpoint import load_checkpoint
 from .config import EvaluateConfig, InputConfig
-from .explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
+from .explain import DEFAULT_SALIENCY, SALIENCY_METHODS, gradcam_images, localisation, region_mask, save_overlay, summarise_localisation, tolerance_in_map
 from .inference import logits_and_features, read_grey_png
 from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
+from .near_ood import near_mri_images
 from .ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
 from .preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
 from .temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
@@ -159,19 +160,32 @@ def _cropped_region(path: str, mask: str, box: str, size: int, spec: InputConfig
     return view if view.any() else None
 
 
+def _stored_side(path: str) -> int:
+    with Image.open(path) as image:
+        return max(image.size)
+
+
 def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, proba: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
-    """Localisation scores on every test image with a known tumour region, and the seeded overlay sample.
+    """Localisation scores of every saliency method on every test image with a known tumour region, and the
+    seeded overlay sample (default method).
 
     Localisation explains the *true* class (does the evidence for the right
     answer sit on the tumour?); overlays explain the *predicted* class (what
-    made the model say what it said).
+    made the model say what it said). The pointing game's 15-pixel tolerance
+    is in pixels of the stored image (with ``crop: head`` the view is
+    smaller than the image, so the tolerance in the view is a little
+    stricter than 15 of its pixels).
     """
     classes = list(meta.classes)
     predicted = proba.argmax(axis=1)
     regions = _regions(rows, meta.image_size, meta.preprocess)
     located = [i for i, region in enumerate(regions) if region is not None]
-    cams, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located])
-    scores = [{"label": classes[y[i]], **localisation(cam, regions[i])} for i, cam in zip(located, cams)]
+    tolerances = [tolerance_in_map(_stored_side(rows["path"].iloc[i]), meta.image_size) for i in located]
+    by_method = {}
+    for method in SALIENCY_METHODS:
+        maps, _ = gradcam_images(model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located], method=method)
+        scores = [{"label": classes[y[i]], **localisation(m, regions[i], t)} for i, m, t in zip(located, maps, tolerances)]
+        by_method[method] = summarise_localisation(scores, classes)
 
     gradcam_dir = cfg.out_dir / "gradcam"
     shutil.rmtree(gradcam_dir, ignore_errors=True)  # no overlays left over from a run with another sample
@@ -186,16 +200,22 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
         save_overlay(path, original, cam, regions[i])
         title = f"{classes[y[i]]} → {classes[predicted[i]]} ({proba[i, predicted[i]]:.2f}), {verdict}\n{image_id}"
         panels.append((path, title))
-    return summarise_localisation(scores, classes), panels
+    return by_method, panels
 
 
 def _ood(
-    check: OODCheck, features: dict[str, list[np.ndarray]], test_rows: pd.DataFrame, non_mri: tuple[list[str], list[np.ndarray]]
+    check: OODCheck,
+    features: dict[str, list[np.ndarray]],
+    test_rows: pd.DataFrame,
+    non_mri: tuple[list[str], list[np.ndarray]],
+    near: tuple[list[str], list[np.ndarray]],
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """False rejections of MRI (val, test, test per source) and detection of non-MRI; the scores for the figure."""
+    """False rejections of MRI (val, test, test per source), detection of non-MRI and of near-distribution inputs
+    (``brainmri.near_ood``: CT-like, other body parts); the scores for the figure."""
     scores = {split: check.score(f) for split, f in features.items()}
     kinds, non_mri_features = non_mri
     scores["non-MRI"] = check.score(non_mri_features)
+    near_kinds, near_features = near
     test_rejected = check.rejects(scores["test"])
     sources = test_rows["source"].to_numpy()
     result = {
@@ -209,6 +229,7 @@ def _ood(
             "per_source": {s: round(float(test_rejected[sources == s].mean()), 4) for s in sorted(set(sources))},
         },
         "non_mri": detection_summary(kinds, check.rejects(scores["non-MRI"])),
+        "near_distribution": detection_summary(near_kinds, check.rejects(check.score(near_features))),
     }
     return result, {"val MRI": scores["val"], "test MRI": scores["test"], "non-MRI": scores["non-MRI"]}
 
@@ -250,9 +271,11 @@ def evaluate_model(
 
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")
-    non_mri = non_mri_images(seed)
-    _, non_mri_features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in non_mri], meta.image_size)
-    ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features))
+    probes = {}
+    for name, samples in (("non_mri", non_mri_images(seed)), ("near", near_mri_images(seed))):
+        _, probe_features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size)
+        probes[name] = ([k for k, _, _ in samples], probe_features)
+    ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], probes["non_mri"], probes["near"])
 
     results, predictions = {}, []
     for split in ("val", "test"):
@@ -271,7 +294,10 @@ def evaluate_model(
     ood_figure(ood_scores, check.threshold, cfg.out_dir / "ood_scores.png")
 
     calibration = calibration_summary({s: logits[s] for s in ("val", "test")}, {s: y[s] for s in ("val", "test")}, temperature)
-    payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration, "localisation": located, "ood": ood}
+    payload = {
+        "model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration,
+        "localisation": located[DEFAULT_SALIENCY], "localisation_methods": located, "ood": ood,
+    }
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)
     reports = {name: json.loads(path.read_text()) for name, path in (("dedup", dedup_report), ("split", split_report)) if path and path.exists()}

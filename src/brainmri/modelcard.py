@@ -159,20 +159,23 @@ def _calibration(calibration: dict | None) -> list[str]:
     ]
 
 
-def _localisation(located: dict) -> list[str]:
-    lines = ["## Explanations: where Grad-CAM points", ""]
-    if not located:
+def _localisation(methods: dict) -> list[str]:
+    lines = ["## Explanations: where the model looks", ""]
+    if not methods or not any(methods.values()):
         return lines + ["No test image has a known tumour mask or box, so localisation was not measured.", ""]
     lines += [
-        "Grad-CAM for the true class on test images with a tumour mask or box. *Pointing game*: the map's peak lies "
-        "in the tumour. *Mass*: share of the map inside the tumour. *Chance*: the tumour's share of the image, what "
-        "a map spread evenly would score on both.",
+        "Saliency maps for the true class on test images with a tumour mask or box, by Grad-CAM, Grad-CAM++ and input "
+        "gradients. *Pointing game*: the map's peak lies in the tumour (strictly; and within 15 pixels of the stored "
+        "image). *Mass*: share of the map inside the tumour. *Chance*: the tumour's share of the image, what a map "
+        "spread evenly would score on the strict game and the mass.",
         "",
     ]
-    return lines + _table(
-        ["class", "n", "pointing game", "mass in tumour", "chance"],
-        [[c, r["n"], _pct(r["pointing_game"]), _pct(r["mass_in_region"]), _pct(r["chance"])] for c, r in located.items()],
-    )
+    rows = [
+        [method, c, r["n"], _pct(r["pointing_game"]), _pct(r["pointing_game_15px"]), _pct(r["mass_in_region"]), _pct(r["chance"])]
+        for method, located in methods.items()
+        for c, r in located.items()
+    ]
+    return lines + _table(["method", "class", "n", "pointing game", "within 15 px", "mass in tumour", "chance"], rows)
 
 
 def _ood(ood: dict) -> list[str]:
@@ -189,9 +192,14 @@ def _ood(ood: dict) -> list[str]:
         "per source: " + ", ".join(f"{s} {_pct(r)}" for s, r in test["per_source"].items()) + ".",
         f"- Non-MRI images detected: {_pct(non_mri['detection_rate'])} of {non_mri['n']}; per kind: "
         + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in non_mri["per_kind"].items()) + ".",
-        "",
     ]
-    return lines
+    if near := ood.get("near_distribution"):
+        lines.append(
+            f"- Other medical images (generated look-alikes) refused: {_pct(near['detection_rate'])} of {near['n']}; per kind: "
+            + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in near["per_kind"].items())
+            + ". What gets through is classified as if it were a brain MRI."
+        )
+    return lines + [""]
 
 
 def _confounding(table: pd.DataFrame) -> list[str]:
@@ -251,7 +259,7 @@ def build_model_card(*, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict
     lines += _model(meta)
     lines += _data(table, reports)
     lines += _results(metrics, list(meta.classes))
-    lines += _localisation(metrics.get("localisation", {}))
+    lines += _localisation(metrics.get("localisation_methods", {}))
     if "ood" in metrics:
         lines += _ood(metrics["ood"])
     lines += _limitations(table)
