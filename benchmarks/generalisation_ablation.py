@@ -60,7 +60,7 @@ CONFIGS: dict[str, dict] = {
     "input_scanner_augment": {**HEAD_INPUT, **SCANNER_AUGMENT},
     "tcga_half": {"extra": TCGA_TRAIN},
     "source_balanced": {"sampling": "source_balanced"},
-    "tcga_half_source_balanced": {"sampling": "source_balanced", "extra": TCGA_TRAIN},
+    "lite0_128": {"model": "efficientnet_lite0", "image_size": 128, "epochs": 6, "lr": 1e-3, "label_smoothing": 0.1, "cpu_bf16": True},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
