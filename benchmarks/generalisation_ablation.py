@@ -221,7 +221,7 @@ def main() -> None:
         previous = document["results"].get(key, {})
         minutes = previous.get("train_minutes") if args.score_only else round((time.perf_counter() - started) / 60, 1)
         document["configs"][name] = {**common, **CONFIGS[name]}
-        document["results"][key] = {"train_images": int((table["split"] == "train").sum()), **score(work / "model.pt", table, external),
+        document["results"][key] = {"train_images": int((training["split"] == "train").sum()), **score(work / "model.pt", table, external),
                                     "train_minutes": minutes}
         print(key, json.dumps(document["results"][key]), flush=True)
         if args.out:
