@@ -8,7 +8,7 @@ at AVX2, MKL restricted to AVX2, another thread count, one core. It prints
 the sha256 of the trained weights (``model.pt``'s tensors; the file also
 holds the params, whose paths and thread count the variants change) and the
 training time. Unpinned variants differ; the pinned ones
-(``brainmri.portable``) with the same thread count give the same weights.
+(``brainmri.core.portable``) with the same thread count give the same weights.
 
     python benchmarks/bench_cross_cpu.py --epochs 1
     python benchmarks/bench_cross_cpu.py --only "1 thread"      # the speed cost, least disturbed by other jobs
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from brainmri.portable import OPT_OUT, PINNED_ENV
+from brainmri.core.portable import OPT_OUT, PINNED_ENV
 
 AVX2_ONLY_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 """What a CPU without AVX-512 (e.g. Zen 2, Haswell-Broadwell Xeon) would run, as far as the libraries let us say so."""
@@ -65,9 +65,9 @@ def train_once(params: Path, threads: int, epochs: int | None, out: Path) -> dic
     import pandas as pd
     import torch
 
-    from brainmri.checkpoint import read_checkpoint
+    from brainmri.model.checkpoint import read_checkpoint
     from brainmri.config import load_config
-    from brainmri.train import train_model
+    from brainmri.training.train import train_model
 
     cfg = load_config(params)
     update = {"num_threads": threads, "out_dir": out / "model", **({"epochs": epochs} if epochs else {})}

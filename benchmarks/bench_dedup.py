@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmri.calibration import image_members, read_grey
+from brainmri.dataset.calibration import image_members, read_grey
 from brainmri.config import load_config
-from brainmri.features import compute_fingerprints, hamming_pairs, hamming_pairs_scan
-from brainmri.imaging import encode_png
+from brainmri.dataset.fingerprints import compute_fingerprints, hamming_pairs, hamming_pairs_scan
+from brainmri.core.imaging import encode_png
 
 ARCHIVES = ("figshare-cheng2017-jpg.zip", "kaggle-brain-tumor-mri-dataset.zip", "br35h-no-tumor-jpg.zip", "br35h-yes-bbox.zip")
 

@@ -18,8 +18,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from brainmri.config import load_config
-from brainmri.merge import merge_sources
-from brainmri.sources.image_folder import BOX_SUFFIX, IMAGE_SUFFIXES
+from brainmri.dataset.merge import merge_sources
+from brainmri.dataset.sources.image_folder import BOX_SUFFIX, IMAGE_SUFFIXES
 
 
 def limited_copy(archive: Path, limit: int, target: Path) -> Path:

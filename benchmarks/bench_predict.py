@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import CLASSES
-from brainmri.explain import gradcam_images
-from brainmri.imaging import decode_image
-from brainmri.inference import logits_and_features
-from brainmri.models import DEFAULT_IMAGE_SIZE, build_model
-from brainmri.ood import OODCheck, file_sha256, fit_ood
-from brainmri.predict import LIMITS, predict_paths
+from brainmri.model.explain import gradcam_images
+from brainmri.core.imaging import decode_image
+from brainmri.model.inference import logits_and_features
+from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
+from brainmri.model.ood import OODCheck, file_sha256, fit_ood
+from brainmri.serving.predict import LIMITS, predict_paths
 
 SIDE = 512
 

@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 
 from brainmri.config import CLASSES, MODEL_NAMES, TrainConfig
-from brainmri.device import runtime, select_device
-from brainmri.models import DEFAULT_IMAGE_SIZE, build_model
-from brainmri.train import make_optimizer, predict_logits, train_model
+from brainmri.training.device import runtime, select_device
+from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
+from brainmri.training.train import make_optimizer, predict_logits, train_model
 
 
 def _timed(step, repeats: int) -> float:

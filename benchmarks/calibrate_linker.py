@@ -12,8 +12,8 @@ half is also measured with half of its images dropped (``held_out_sparse``), sin
 precision falls when a patient has fewer slices in the set.
 
 Rules: ``threshold`` links every pair at or above the threshold; ``nearest`` links each image to its
-most similar image (same label) when at or above it (``brainmri.linker.nearest_neighbour_pairs``).
-Features: ``thumbN``: whole-image NxN grey thumbnail, Pearson correlation (``brainmri.linker``);
+most similar image (same label) when at or above it (``brainmri.dataset.linker.nearest_neighbour_pairs``).
+Features: ``thumbN``: whole-image NxN grey thumbnail, Pearson correlation (``brainmri.dataset.linker``);
 ``cnn`` (with ``--cnn``, minutes): cosine of ImageNet EfficientNet-Lite0 pooled features, 160 px.
 
     python benchmarks/calibrate_linker.py --manifest build/merged/manifest.csv --cnn \
@@ -31,14 +31,14 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from brainmri.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
+from brainmri.dataset.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
 
 GRID = np.round(np.arange(0.50, 0.996, 0.005), 3)
 
 
 def cnn_vectors(paths: list[str], image_size: int = 160) -> np.ndarray:
-    from brainmri.inference import logits_and_features, read_grey_png
-    from brainmri.models import build_model
+    from brainmri.model.inference import logits_and_features, read_grey_png
+    from brainmri.model.architectures import build_model
 
     model = build_model("efficientnet_lite0", 1000, pretrained=True)
     features = []

@@ -39,7 +39,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 from brainmri.config import CLASSES, TrainConfig, load_config
-from brainmri.linker import thumbnail_vectors
+from brainmri.dataset.linker import thumbnail_vectors
 
 SPLITS = ("a_kaggle_official", "b_random_no_dedup", "c_random_after_dedup", "d_grouped")
 
@@ -109,8 +109,8 @@ def external_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray], np.ndarray] | None) -> dict:
-    from brainmri.checkpoint import load_checkpoint
-    from brainmri.inference import logits_and_features, read_grey_png
+    from brainmri.model.checkpoint import load_checkpoint
+    from brainmri.model.inference import logits_and_features, read_grey_png
     model, meta = load_checkpoint(model_path)
     test = table[table["split"] == "test"]
     logits, _ = logits_and_features(model, [read_grey_png(p) for p in test["path"]], meta.image_size)
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="rescore the models build/ablation already holds")
     args = parser.parse_args()
 
-    from brainmri.train import train_model
+    from brainmri.training.train import train_model
 
     cfg = load_config(args.root / "params.yaml")
     overrides = {k: type(getattr(cfg.train, k))(v) if not isinstance(getattr(cfg.train, k), bool) else v == "true"

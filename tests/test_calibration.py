@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from brainmri.calibration import (
+from brainmri.dataset.calibration import (
     FAMILIES,
     Setting,
     archive_duplicates,

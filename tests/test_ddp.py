@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import brainmri.train as train
+import brainmri.training.train as train
 from brainmri.config import TrainConfig
-from brainmri.distributed import Dist
+from brainmri.training.distributed import Dist
 
 WORLD_SIZE = 2
 

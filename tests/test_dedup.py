@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from brainmri.config import DedupConfig
-from brainmri.dedup import deduplicate, is_conflict, write_outputs
-from brainmri.features import _chunk_plan, confirmed_pairs, core_frame, fingerprint, hamming_pairs, hamming_pairs_scan, pack_bits
+from brainmri.dataset.dedup import deduplicate, is_conflict, write_outputs
+from brainmri.dataset.fingerprints import _chunk_plan, confirmed_pairs, core_frame, fingerprint, hamming_pairs, hamming_pairs_scan, pack_bits
 from conftest import blob_image, write_grey_png
 
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from brainmri.checkpoint import save_checkpoint
+from brainmri.model.checkpoint import save_checkpoint
 from brainmri.config import EvaluateConfig
-from brainmri.evaluate import evaluate_model, gradcam_sample, present_macro_f1
-from brainmri.models import build_model
-from brainmri.ood import OODCheck, file_sha256
-from brainmri.temperature import Temperature
+from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, present_macro_f1
+from brainmri.model.architectures import build_model
+from brainmri.model.ood import OODCheck, file_sha256
+from brainmri.model.temperature import Temperature
 from conftest import blob_image, write_grey_png
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

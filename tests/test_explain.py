@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brainmri.explain import gradcam, gradcam_images, localisation, overlay, region_mask, save_overlay, summarise_localisation
-from brainmri.models import build_model
+from brainmri.model.explain import gradcam, gradcam_images, localisation, overlay, region_mask, save_overlay, summarise_localisation
+from brainmri.model.architectures import build_model
 
 SIZE = 48
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.cli import app
-from brainmri.export import TOLERANCE
-from brainmri.inference import logits_and_features
-from brainmri.models import build_model
-from brainmri.ood import file_sha256
-from brainmri.preprocess import to_model_input
-from brainmri.temperature import Temperature, softmax
+from brainmri.serving.export import TOLERANCE
+from brainmri.model.inference import logits_and_features
+from brainmri.model.architectures import build_model
+from brainmri.model.ood import file_sha256
+from brainmri.core.preprocess import to_model_input
+from brainmri.model.temperature import Temperature, softmax
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32

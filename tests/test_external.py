@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 from brainmri.cli import app
 from brainmri.config import DedupConfig, EvaluateConfig, ExternalPatients, ExternalSetConfig
-from brainmri.evaluate import evaluate_model
-from brainmri.external import external_metrics, patient_of, read_external, run_external
-from brainmri.features import compute_fingerprints
-from brainmri.metrics import bootstrap_intervals
+from brainmri.evaluation.evaluate import evaluate_model
+from brainmri.evaluation.external import external_metrics, patient_of, read_external, run_external
+from brainmri.dataset.fingerprints import compute_fingerprints
+from brainmri.evaluation.metrics import bootstrap_intervals
 from conftest import ROOT, blob_image, write_grey_png, write_zip
 from test_evaluate import make_project
 

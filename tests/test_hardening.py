@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from brainmri.config import MergeConfig, SourceConfig
-from brainmri.merge import MergeError, merge_sources
-from brainmri.sources.figshare_mat import BadMat, read_record
+from brainmri.dataset.merge import MergeError, merge_sources
+from brainmri.dataset.sources.figshare_mat import BadMat, read_record
 from conftest import write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=5_000_000)
@@ -146,7 +146,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_killed_worker_is_one_line_and_the_previous_outputs_stay_whole(tmp_path, monkeypatch):
-    from brainmri import merge
+    from brainmri.dataset import merge
 
     archive = write_zip(tmp_path / "mats.zip", [(f"{k}.mat", hostile_mat(tmp_path, lambda group, _path: good_fields(group))) for k in range(4)])
     cfg = LIMITS.model_copy(update={"out_dir": tmp_path / "build" / "merged"})
@@ -214,8 +214,8 @@ CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 def model_file(tmp_path) -> Path:
     import torch
 
-    from brainmri.checkpoint import save_checkpoint
-    from brainmri.models import build_model
+    from brainmri.model.checkpoint import save_checkpoint
+    from brainmri.model.architectures import build_model
 
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
@@ -267,7 +267,7 @@ class _Evil:
 def bad_checkpoint(kind: str, model_file: Path, tmp_path: Path) -> Path:
     import torch
 
-    from brainmri.models import build_model
+    from brainmri.model.architectures import build_model
 
     path = tmp_path / f"{kind}.pt"
     if kind == "text":

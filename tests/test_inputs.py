@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from brainmri.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from brainmri.config import AugmentConfig, InputConfig, TrainConfig
-from brainmri.data import BatchAugment, FloatJPEG, RandomBiasField, RandomDownUp, RandomGamma, cache_key, cached_images
-from brainmri.evaluate import _regions, load_resized
-from brainmri.export import _meta
-from brainmri.models import build_model
-from brainmri.predict import decoded_batches, predict_paths
-from brainmri.preprocess import (
+from brainmri.training.cache import BatchAugment, FloatJPEG, RandomBiasField, RandomDownUp, RandomGamma, cache_key, cached_images
+from brainmri.evaluation.evaluate import _regions, load_resized
+from brainmri.serving.export import _meta
+from brainmri.model.architectures import build_model
+from brainmri.serving.predict import decoded_batches, predict_paths
+from brainmri.core.preprocess import (
     input_box,
     normalise_input,
     percentile_stretch,
@@ -28,7 +28,7 @@ from brainmri.preprocess import (
     to_model_input,
     uint8_batch_to_float,
 )
-from brainmri.train import recorded_params, train_model
+from brainmri.training.train import recorded_params, train_model
 from conftest import write_grey_png
 
 HEAD = InputConfig(crop="head")

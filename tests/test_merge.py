@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from brainmri.config import MergeConfig, SourceConfig
-from brainmri.imaging import pixel_sha256
-from brainmri.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, make_image_id, merge_sources
+from brainmri.core.imaging import pixel_sha256
+from brainmri.dataset.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, make_image_id, merge_sources
 from conftest import write_zip
 
 SOURCES = {

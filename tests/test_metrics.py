@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from brainmri.metrics import bootstrap_ci, classification_metrics, expected_calibration_error, tumour_detection
+from brainmri.evaluation.metrics import bootstrap_ci, classification_metrics, expected_calibration_error, tumour_detection
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 

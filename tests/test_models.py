@@ -9,10 +9,10 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_image
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import MODEL_NAMES
-from brainmri.inference import logits_and_features
-from brainmri.models import (
+from brainmri.model.inference import logits_and_features
+from brainmri.model.architectures import (
     DEFAULT_IMAGE_SIZE,
     ModelError,
     PretrainedWeightsUnavailable,
@@ -21,7 +21,7 @@ from brainmri.models import (
     efficientnet_lite_imagenet_state,
     gradcam_layer,
 )
-from brainmri.preprocess import to_model_input
+from brainmri.core.preprocess import to_model_input
 
 BUILDING_CLASSES = {"palace", "bell cote", "castle", "monastery", "church", "boathouse", "stupa"}
 """ImageNet classes that fit scikit-learn's ``china.jpg`` (a temple roof among trees)."""

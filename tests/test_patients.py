@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from brainmri.config import FetchConfig, MergeConfig, PatientTable, SourceConfig, SyntheticConfig
-from brainmri.fetch import fetch_sources, fetched_archives, fetched_patient_tables
-from brainmri.merge import merge_sources
-from brainmri.patients import PatientTableError, read_patient_table
+from brainmri.dataset.fetch import fetch_sources, fetched_archives, fetched_patient_tables
+from brainmri.dataset.merge import merge_sources
+from brainmri.dataset.patients import PatientTableError, read_patient_table
 from conftest import write_zip
 
 TABLE_SPEC = {"name": "patients.csv", "key": "number", "id": "pid", "label": "label", "fold": "fold",

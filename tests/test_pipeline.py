@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.reproducibility import check_reproducibility
-from brainmri.split import UNSEEDED_FLAG
+from brainmri.ops.reproducibility import check_reproducibility
+from brainmri.dataset.split import UNSEEDED_FLAG
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -154,7 +154,7 @@ def _set_model_hash(lock: dict) -> None:
 
 
 def test_committed_lock_comparison_fails_on_an_injected_difference(pipeline):
-    from brainmri.reproducibility import compare_with_committed
+    from brainmri.ops.reproducibility import compare_with_committed
 
     run(["dvc", "repro"], pipeline)
     _commit_lock(pipeline)
@@ -169,7 +169,7 @@ def test_committed_lock_comparison_fails_on_an_injected_difference(pipeline):
 
 
 def test_off_the_pinned_path_the_metrics_are_compared_within_tolerance(pipeline):
-    from brainmri.reproducibility import METRIC_TOLERANCE, compare_with_committed
+    from brainmri.ops.reproducibility import METRIC_TOLERANCE, compare_with_committed
 
     provenance = pipeline / "build" / "provenance" / "train.json"
     saved = provenance.read_text()
@@ -242,7 +242,7 @@ def test_an_external_set_is_a_stage_whose_files_are_dependencies(pipeline):
     alone, and a forced rerun gives the same bytes."""
     import numpy as np
 
-    from brainmri.reproducibility import compare, pipeline_stages, snapshot
+    from brainmri.ops.reproducibility import compare, pipeline_stages, snapshot
     from conftest import blob_image, write_grey_png
 
     rng = np.random.default_rng(0)

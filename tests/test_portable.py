@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from brainmri.portable import OPT_OUT, PINNED_ENV, environment_fingerprint, pin_cpu_kernels
+from brainmri.core.portable import OPT_OUT, PINNED_ENV, environment_fingerprint, pin_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,9 +76,9 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 import torch
-from brainmri.checkpoint import read_checkpoint
+from brainmri.model.checkpoint import read_checkpoint
 from brainmri.config import TrainConfig
-from brainmri.train import train_model
+from brainmri.training.train import train_model
 sys.path.insert(0, {benchmarks!r})
 from bench_cross_cpu import weights_sha256
 tmp, threads, name = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

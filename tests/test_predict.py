@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.cli import app
-from brainmri.imaging import decode_image
-from brainmri.inference import logits_and_features
-from brainmri.models import build_model
-from brainmri.ood import NOT_MRI, LayerGaussian, OODCheck, file_sha256
-from brainmri.predict import LIMITS, predict_paths
-from brainmri.temperature import Temperature, softmax
+from brainmri.core.imaging import decode_image
+from brainmri.model.inference import logits_and_features
+from brainmri.model.architectures import build_model
+from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck, file_sha256
+from brainmri.serving.predict import LIMITS, predict_paths
+from brainmri.model.temperature import Temperature, softmax
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32

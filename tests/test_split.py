@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 
 from brainmri.config import DedupConfig, SplitConfig
-from brainmri.dedup import deduplicate
-from brainmri.features import Fingerprints
-from brainmri.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
-from brainmri.split import LeakageError, audit, check_leakage, make_split
+from brainmri.dataset.dedup import deduplicate
+from brainmri.dataset.fingerprints import Fingerprints
+from brainmri.dataset.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
+from brainmri.dataset.split import LeakageError, audit, check_leakage, make_split
 from conftest import blob_image, write_grey_png
 
 CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]

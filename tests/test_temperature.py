@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from brainmri.temperature import Temperature, TemperatureMismatch, fit_temperature, negative_log_likelihood, softmax
+from brainmri.model.temperature import Temperature, TemperatureMismatch, fit_temperature, negative_log_likelihood, softmax
 
 
 def test_softmax_at_a_temperature_by_hand():

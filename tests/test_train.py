@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-import brainmri.data as data
-import brainmri.train as train
-from brainmri.checkpoint import load_checkpoint, read_checkpoint
+import brainmri.training.cache as data
+import brainmri.training.train as train
+from brainmri.model.checkpoint import load_checkpoint, read_checkpoint
 from brainmri.config import AugmentConfig, TrainConfig
-from brainmri.data import BatchAugment, cached_images
-from brainmri.models import build_model
-from brainmri.preprocess import resize_grey
-from brainmri.train import make_optimizer, make_scheduler, train_model
+from brainmri.training.cache import BatchAugment, cached_images
+from brainmri.model.architectures import build_model
+from brainmri.core.preprocess import resize_grey
+from brainmri.training.train import make_optimizer, make_scheduler, train_model
 
 CLASSES = ["disc", "square"]
 

@@ -24,15 +24,15 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated pa
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from .checkpoint import CheckpointError
-    from .download import DownloadError
-    from .dvc_run import DvcError
-    from .fetch import FetchError
-    from .merge import MergeError
-    from .models import ModelError
-    from .patients import PatientTableError
-    from .predict import PredictError
-    from .split import LeakageError
+    from .model.checkpoint import CheckpointError
+    from .dataset.download import DownloadError
+    from .ops.dvc_run import DvcError
+    from .dataset.fetch import FetchError
+    from .dataset.merge import MergeError
+    from .model.architectures import ModelError
+    from .dataset.patients import PatientTableError
+    from .serving.predict import PredictError
+    from .dataset.split import LeakageError
 
     return (
         ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, CheckpointError, MergeError,
@@ -167,10 +167,10 @@ def external(
     build/external/<name>/{predictions.csv,overlaps.csv}; prints a table per set. The DVC stage external@<index>
     runs this for one set.
     """
-    from .external import summary_table
+    from .evaluation.external import summary_table
     from .pipeline import run_external
-    from .predict import OODMismatch
-    from .temperature import TemperatureMismatch
+    from .serving.predict import OODMismatch
+    from .model.temperature import TemperatureMismatch
 
     cfg = load_config(params)
     names = names or [spec.name for spec in cfg.evaluate.external]
@@ -235,8 +235,8 @@ def predict(
     probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable). With --gradcam, writes one overlay
     PNG per predicted image there.
     """
-    from .predict import OODMismatch, predict_paths
-    from .temperature import TemperatureMismatch
+    from .serving.predict import OODMismatch, predict_paths
+    from .model.temperature import TemperatureMismatch
 
     ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")
@@ -265,8 +265,8 @@ def export(
     (classes, image size, temperature, input contract) to --out-dir; exits 1 if either export's probabilities
     differ from PyTorch's.
     """
-    from .export import ExportMismatch, export_checkpoint
-    from .temperature import TemperatureMismatch
+    from .serving.export import ExportMismatch, export_checkpoint
+    from .model.temperature import TemperatureMismatch
 
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated")
     try:
@@ -287,7 +287,7 @@ def check_repro(repo: Annotated[Path, typer.Option(help="Repository root holding
     if its metrics move more than the tolerance) or from its rerun, if a second `dvc repro` has work to do, or if
     `dvc status` is not clean.
     """
-    from .reproducibility import check_reproducibility
+    from .ops.reproducibility import check_reproducibility
 
     if not check_reproducibility(repo.resolve(), echo=typer.echo):
         raise typer.Exit(1)
@@ -303,7 +303,7 @@ def report(
 
     Reads dvc.yaml, the metrics/plots files and their versions at --base. Writes --out and its PNGs.
     """
-    from .report import write_report
+    from .ops.report import write_report
 
     typer.echo(f"wrote {write_report(Path('.').resolve(), base, out.resolve())}")
 
@@ -316,7 +316,7 @@ def demo(params: ParamsOption = Path("params.yaml")) -> None:
     Creates data/ if missing (the folder of hand-supplied archives that data.dvc tracks). Writes everything
     the stages write; ends with the val and test accuracy and macro-F1.
     """
-    from .dvc_run import run_dvc
+    from .ops.dvc_run import run_dvc
 
     load_config(params)  # fail on bad params before any work
     Path("data").mkdir(exist_ok=True)

@@ -177,7 +177,7 @@ class MergeConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    """How duplicates are found (``brainmri.features``, ``brainmri.dedup``).
+    """How duplicates are found (``brainmri.dataset.fingerprints``, ``brainmri.dataset.dedup``).
 
     Two images are duplicates when their pixels are identical, or when the pHashes of their core
     frames are within ``max_hamming`` bits *and* their grey thumbnails correlate at least
@@ -232,7 +232,7 @@ class SplitConfig(_Strict):
         le=1,
         description=(
             "same-patient linker for images without a patient id: each joins its nearest neighbour of the same "
-            "source and label when their 32x32 thumbnails correlate this much (brainmri.linker); null: off"
+            "source and label when their 32x32 thumbnails correlate this much (brainmri.dataset.linker); null: off"
         ),
     )
     same_picture_correlation: float | None = Field(
@@ -255,7 +255,7 @@ class SplitConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Augmentations applied to training batches only (see ``brainmri.data``)."""
+    """Augmentations applied to training batches only (see ``brainmri.training.cache``)."""
 
     hflip: bool = True
     rotation_degrees: float = Field(10.0, ge=0, le=180)
@@ -279,7 +279,7 @@ class AugmentConfig(_Strict):
 
 
 class InputConfig(_Strict):
-    """How an image is cut and scaled before resizing (``brainmri.preprocess.normalise_input``); recorded in the
+    """How an image is cut and scaled before resizing (``brainmri.core.preprocess.normalise_input``); recorded in the
     checkpoint, so evaluate, predict, external sets and export apply what training used. Not yet measured on real data."""
 
     crop: Literal["none", "head"] = Field("none", description="head: crop to the head's bounding box, padded to a square")
@@ -300,7 +300,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["onecycle", "cosine", "step", "plateau"] = Field(
-        "onecycle", description="per-step LR schedule; all warm up first (see brainmri.train.lr_factor)"
+        "onecycle", description="per-step LR schedule; all warm up first (see brainmri.training.train.lr_factor)"
     )
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine, step, plateau) or rise (one-cycle) length")
     lr_step_epochs: float = Field(3.0, gt=0, description="step: multiply the LR by lr_gamma every this many epochs")
