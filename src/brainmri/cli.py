@@ -17,27 +17,11 @@ from typing import Annotated
 import typer
 
 from .config import ConfigError, load_config
+from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated params file.")]
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from .model.checkpoint import CheckpointError
-    from .dataset.download import DownloadError
-    from .ops.dvc_run import DvcError
-    from .dataset.fetch import FetchError
-    from .dataset.merge import MergeError
-    from .model.architectures import ModelError
-    from .dataset.patients import PatientTableError
-    from .serving.predict import PredictError
-    from .dataset.split import LeakageError
-
-    return (
-        ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, CheckpointError, MergeError,
-        PredictError, PatientTableError,
-    )
 
 
 EDGE_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
@@ -52,7 +36,7 @@ def _reports_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except _user_errors() as error:
+        except UserError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
         except typer.Exit:  # a RuntimeError too, but the commands' own way out

@@ -14,6 +14,8 @@ from typing import Literal
 from ruamel.yaml import YAML, YAMLError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import UserError
+
 CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
 """The four diagnostic classes, in the order the model's outputs use."""
 
@@ -47,7 +49,7 @@ MAX_SEED = 2**32 - 1
 """numpy's legacy seeding and ``torch.manual_seed`` on every platform take seeds up to this."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params file that cannot be used; the message is one line meant for a person."""
 
 

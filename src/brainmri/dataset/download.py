@@ -13,11 +13,12 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+from ..errors import UserError
 
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A download that cannot complete; the message names the URL and the reason."""
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from ..config import FetchConfig, SourceConfig, SourceFile, SyntheticConfig
 from .download import DownloadError, download, file_digest, verify_checksum
+from ..errors import UserError
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """A source file that cannot be obtained; the message says what to do about it."""
 
 

@@ -56,6 +56,7 @@ from ..config import MergeConfig, SourceConfig
 from ..core.imaging import encode_png, pixel_sha256
 from .patients import attach_patients
 from .sources import BadArchive, MemberTask, Rejected, SafeZip, Skipped, SourceImage, load_member, plan_archive
+from ..errors import UserError
 
 MANIFEST_COLUMNS = (
     "image_id",
@@ -74,7 +75,7 @@ MANIFEST_COLUMNS = (
 REJECT_COLUMNS = ("source", "original_path", "reason")
 
 
-class MergeError(RuntimeError):
+class MergeError(UserError, RuntimeError):
     """The merge could not finish; the message is one line and the previous outputs are untouched."""
 
 

@@ -16,9 +16,10 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from ..config import CLASSES, PatientTable
+from ..errors import UserError
 
 
-class PatientTableError(ValueError):
+class PatientTableError(UserError, ValueError):
     """A patient table that cannot be trusted; the message names the file and line."""
 
 

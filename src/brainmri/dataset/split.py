@@ -41,13 +41,14 @@ from scipy.sparse.csgraph import connected_components
 from ..config import CLASSES, DedupConfig, SplitConfig
 from .fingerprints import Fingerprints, confirmed_pairs
 from .linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
+from ..errors import UserError
 
 SPLITS = ("train", "val", "test")
 UNSEEDED_FLAG = "BRAINMRI_TEST_UNSEEDED_SPLIT"
 """Test-only: set to 1 to drop the seed from the split, so tests can show the reproducibility check fails."""
 
 
-class LeakageError(RuntimeError):
+class LeakageError(UserError, RuntimeError):
     """The split puts duplicates or one patient on both sides; the message gives the counts."""
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 SMALL_CNN_WIDTHS: tuple[int, ...] = (24, 48, 96, 192)
 """Stem width, then one stage per further width: ~120 train img/s at 96 px on 2 CPU cores (benchmarks/bench_train.py)."""
@@ -62,7 +63,7 @@ IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 """The normalisation torchvision's ImageNet weights were trained with."""
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model that cannot be built as asked; the message is one line meant for a person."""
 
 

@@ -30,13 +30,14 @@ from pydantic import ValidationError
 
 from brainmri.config import InputConfig
 from brainmri.model.architectures import ModelError, build_model
+from ..errors import UserError
 
 FORMAT_VERSION = 1
 MAX_IMAGE_SIZE = 1024
 """The largest ``image_size`` a checkpoint may ask for (params allow no more)."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file that is not a usable checkpoint; the message names it and says why, on one line."""
 
 

@@ -12,9 +12,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from ..errors import UserError
 
 
-class DvcError(RuntimeError):
+class DvcError(UserError, RuntimeError):
     """A ``dvc`` command that failed; the message names it and its last error line."""
 
 

@@ -41,6 +41,7 @@ from ..model.ood import NOT_MRI, OODCheck, file_sha256
 from ..model.temperature import Temperature, softmax
 from ..dataset.sources.base import reason
 from ..dataset.sources.safe_zip import BadArchive, MemberError, Refused, SafeZip
+from ..errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 LIMITS = MergeConfig(min_side=8)
@@ -51,7 +52,7 @@ class OODMismatch(ValueError):
     """The out-of-distribution check was fitted for another checkpoint; its threshold would mean nothing."""
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """A predict run that cannot give a useful answer (bad --out, nothing readable); one line for a person."""
 
 
