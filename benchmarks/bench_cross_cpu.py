@@ -17,6 +17,7 @@ training time. Unpinned variants differ; the pinned ones
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -65,8 +66,8 @@ def train_once(params: Path, threads: int, epochs: int | None, out: Path) -> dic
     import pandas as pd
     import torch
 
-    from brainmri.model.checkpoint import read_checkpoint
     from brainmri.config import load_config
+    from brainmri.model.checkpoint import read_checkpoint
     from brainmri.training.train import train_model
 
     cfg = load_config(params)
@@ -74,7 +75,9 @@ def train_once(params: Path, threads: int, epochs: int | None, out: Path) -> dic
     train_cfg = cfg.train.model_copy(update=update)
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
     started = time.perf_counter()
-    summary = train_model(table, train_cfg, seed=cfg.seed, out_dir=train_cfg.out_dir, live_dir=out / "live", data_version="bench")
+    summary = train_model(
+        table, train_cfg, seed=cfg.seed, out_dir=train_cfg.out_dir, live_dir=out / "live", data_version="bench"
+    )
     return {
         "sha256": weights_sha256(read_checkpoint(train_cfg.out_dir / "model.pt")["state_dict"]),
         "seconds": round(time.perf_counter() - started, 1),
@@ -103,12 +106,21 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--params", str(args.params), "--child", str(threads), "--out", tmp]
             cmd += ["--epochs", str(args.epochs)] if args.epochs else []
             core = {min(os.sched_getaffinity(0))}
-            result = subprocess.run(cmd, env=child_environment(pinned, extra), capture_output=True, text=True, check=False,
-                                    preexec_fn=(lambda: os.sched_setaffinity(0, core)) if one_core else None)
+            result = subprocess.run(
+                cmd,
+                env=child_environment(pinned, extra),
+                capture_output=True,
+                text=True,
+                check=False,
+                preexec_fn=functools.partial(os.sched_setaffinity, 0, core) if one_core else None,
+            )
         if result.returncode != 0:
             sys.exit(f"{name}: failed\n{result.stderr[-2000:]}")
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {threads} | {r['aten']} | {r['sha256'][:12]} | {r['val_accuracy']:.4f} | {r['seconds']} | {r['images_per_s']} |", flush=True)
+        print(
+            f"| {name} | {threads} | {r['aten']} | {r['sha256'][:12]} | {r['val_accuracy']:.4f} | {r['seconds']} | {r['images_per_s']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import CLASSES
-from brainmri.model.explain import gradcam_images
 from brainmri.core.imaging import decode_image
-from brainmri.model.inference import logits_and_features
 from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.explain import gradcam_images
+from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import OODCheck, file_sha256, fit_ood
 from brainmri.serving.predict import LIMITS, predict_paths
 
@@ -54,7 +54,9 @@ def _checkpoint(name: str, folder: Path) -> Path:
     path = folder / f"{name}.pt"
     model = build_model(name, len(CLASSES), pretrained=False)
     size = DEFAULT_IMAGE_SIZE[name]
-    save_checkpoint(path, model, model_name=name, classes=list(CLASSES), image_size=size, params={}, data_version="benchmark")
+    save_checkpoint(
+        path, model, model_name=name, classes=list(CLASSES), image_size=size, params={}, data_version="benchmark"
+    )
     return path
 
 
@@ -133,11 +135,15 @@ def main() -> int:
         checkpoints = [args.checkpoint] if args.checkpoint else [_checkpoint(name, folder) for name in args.models]
         for checkpoint in checkpoints:
             rows.append(measure(checkpoint, folder, args.images, args.repeats, args.batch_size))
-    print(f"\ndevice: cpu, {torch.get_num_threads()} threads; {SIDE}x{SIDE} PNG inputs; batch {args.batch_size}; torch {torch.__version__}\n")
+    print(
+        f"\ndevice: cpu, {torch.get_num_threads()} threads; {SIDE}x{SIDE} PNG inputs; batch {args.batch_size}; torch {torch.__version__}\n"
+    )
     print("| model | size | batch img/s (files → CSV) | single image ms, median | p95 | with Grad-CAM ms, median |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['size']} | {r['batch']:.1f} | {r['median']:.1f} | {r['p95']:.1f} | {r['cam']:.1f} |")
+        print(
+            f"| {r['model']} | {r['size']} | {r['batch']:.1f} | {r['median']:.1f} | {r['p95']:.1f} | {r['cam']:.1f} |"
+        )
     return 0
 
 

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from brainmri.config import CLASSES, MODEL_NAMES, TrainConfig
-from brainmri.training.device import runtime, select_device
 from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
+from brainmri.training.device import runtime, select_device
 from brainmri.training.train import make_optimizer, predict_logits, train_model
 
 
@@ -101,13 +101,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9, help="timed steps for the bare-model rates")
     parser.add_argument(
-        "--images", type=int, default=1024, help="synthetic images for the loop rate (enough steps that the slow first one does not count)"
+        "--images",
+        type=int,
+        default=1024,
+        help="synthetic images for the loop rate (enough steps that the slow first one does not count)",
     )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
     args = parser.parse_args(argv)
 
     device = select_device("auto")
-    name_cpu = f"{device.type}, {args.threads or os.cpu_count()} threads" if device.type == "cpu" else torch.cuda.get_device_name()
+    name_cpu = (
+        f"{device.type}, {args.threads or os.cpu_count()} threads"
+        if device.type == "cpu"
+        else torch.cuda.get_device_name()
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from brainmri.config import DedupConfig
 from brainmri.dataset.calibration import (
     FAMILIES,
     Setting,
@@ -24,7 +25,6 @@ from brainmri.dataset.calibration import (
     sweep,
     transform,
 )
-from brainmri.config import DedupConfig
 from conftest import blob_image
 
 
@@ -85,7 +85,9 @@ def test_transforms_are_seeded_grey_copies(family):
 def test_sweep_counts_precision_and_recall():
     scores = pd.DataFrame(
         {
-            "frame": "core 0.8", "hash_size": 8, "thumb_size": 16,
+            "frame": "core 0.8",
+            "hash_size": 8,
+            "thumb_size": 16,
             "duplicate": [True, True, True, True, False, False, False],
             "hamming": [0, 2, 6, 12, 2, 4, 20],
             "correlation": [0.99, 0.95, 0.91, 0.99, 0.93, 0.80, 0.99],
@@ -102,7 +104,9 @@ def test_sweep_counts_precision_and_recall():
 def test_choose_takes_the_widest_margin_within_the_index_radius():
     table = pd.DataFrame(
         {
-            "frame": "core 0.8", "hash_size": 8, "thumb_size": 16,
+            "frame": "core 0.8",
+            "hash_size": 8,
+            "thumb_size": 16,
             "max_hamming": [8, 8, 8, 6, 12],
             "min_correlation": [0.80, 0.90, 0.95, 0.90, 0.90],
             "precision": [0.991, 0.999, 1.000, 0.999, 1.000],
@@ -119,9 +123,13 @@ def test_choose_takes_the_widest_margin_within_the_index_radius():
 def test_breakdown_by_family_and_kind():
     scores = pd.DataFrame(
         {
-            "frame": "image", "hash_size": 8, "thumb_size": 16,
-            "duplicate": [True, True, False, False], "kind": ["crop", "crop", "adjacent", "random"],
-            "hamming": [2, 10, 0, 30], "correlation": [0.99, 0.99, 0.95, 0.1],
+            "frame": "image",
+            "hash_size": 8,
+            "thumb_size": 16,
+            "duplicate": [True, True, False, False],
+            "kind": ["crop", "crop", "adjacent", "random"],
+            "hamming": [2, 10, 0, 30],
+            "correlation": [0.99, 0.99, 0.95, 0.1],
         }
     )
     row = pd.Series({"frame": "image", "hash_size": 8, "thumb_size": 16, "max_hamming": 8, "min_correlation": 0.9})
@@ -144,16 +152,33 @@ def test_helpers():
 
 def test_calibration_set_scores_copies_above_distinct_slices(archives):
     figshare, kaggle = archives
-    pairs = build_pairs(figshare, kaggle, n_figshare=6, n_kaggle=4, seed=3, spreads=(0.8, None), random_pairs=10, workers=1)
+    pairs = build_pairs(
+        figshare, kaggle, n_figshare=6, n_kaggle=4, seed=3, spreads=(0.8, None), random_pairs=10, workers=1
+    )
     kinds = pairs.groupby(["duplicate", "kind"]).size()
     assert kinds[True].to_dict() == {f: 10 * (2 if f == "combo" else 1) for f in FAMILIES}
     assert {"adjacent", "lookalike", "random"} <= set(kinds[False].index)
     negatives = pairs[~pairs["duplicate"]]
     assert not (negatives["a"] == negatives["b"]).any()
     kaggle_random = negatives[negatives["a"].map(lambda r: r.archive == str(kaggle))]
-    assert (kaggle_random["a"].map(lambda r: r.member.split("/")[1]) != kaggle_random["b"].map(lambda r: r.member.split("/")[1])).all()
-    held = build_pairs(figshare, kaggle, 6, 4, seed=4, spreads=(0.8,), random_pairs=3, workers=1, exclude=frozenset(r.member for r in pairs["a"]))
-    assert not set(r.member for r in held.loc[held["duplicate"], "a"]) & set(r.member for r in pairs.loc[pairs["duplicate"], "a"])
+    assert (
+        kaggle_random["a"].map(lambda r: r.member.split("/")[1])
+        != kaggle_random["b"].map(lambda r: r.member.split("/")[1])
+    ).all()
+    held = build_pairs(
+        figshare,
+        kaggle,
+        6,
+        4,
+        seed=4,
+        spreads=(0.8,),
+        random_pairs=3,
+        workers=1,
+        exclude=frozenset(r.member for r in pairs["a"]),
+    )
+    assert not set(r.member for r in held.loc[held["duplicate"], "a"]) & set(
+        r.member for r in pairs.loc[pairs["duplicate"], "a"]
+    )
 
     settings = [Setting(0.8, 8, 16), Setting(None, 8, 16)]
     prints = fingerprint_refs(list(pairs["a"]) + list(pairs["b"]), settings, workers=1)
@@ -174,7 +199,10 @@ def test_archive_duplicates_counts_within_and_across(archives):
     counts = archive_duplicates({"fig": figshare, "kag": kaggle}, DedupConfig(), workers=1)
     assert counts["pairs"] == {"exact": {"fig / kag": 1}, "near": {"fig / kag": 1}}  # the repeat; the resized copy
     assert counts["archives"]["fig"] == {
-        "images": 24, "with_copy_in_same_archive": 0, "with_copy_in_other_archive": 2, "distinct_within_archive": 24
+        "images": 24,
+        "with_copy_in_same_archive": 0,
+        "with_copy_in_other_archive": 2,
+        "distinct_within_archive": 24,
     }
     assert counts["archives"]["kag"]["with_copy_in_other_archive"] == 2
     assert counts["images"] == 38 and counts["distinct_overall"] == 36

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from brainmri.model.checkpoint import save_checkpoint
 from brainmri.config import EvaluateConfig
 from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, present_macro_f1
 from brainmri.model.architectures import build_model
+from brainmri.model.checkpoint import save_checkpoint
 from brainmri.model.ood import OODCheck, file_sha256
 from brainmri.model.temperature import Temperature
 from conftest import blob_image, write_grey_png
@@ -43,12 +43,27 @@ def make_project(root: Path) -> tuple[pd.DataFrame, Path]:
                     mask_path = str(write_grey_png(root / "masks" / f"{image_id}.png", mask))
                 elif label != "no_tumor":
                     box = f"{centre[1] / 64} {centre[0] / 64} {20 / 64} {20 / 64}"
-                rows.append({"image_id": image_id, "path": str(path), "label": label, "source": source, "split": split, "mask_path": mask_path, "box": box})
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "path": str(path),
+                        "label": label,
+                        "source": source,
+                        "split": split,
+                        "mask_path": mask_path,
+                        "box": box,
+                    }
+                )
     torch.manual_seed(0)
     checkpoint = root / "model.pt"
     save_checkpoint(
-        checkpoint, build_model("small_cnn", len(CLASSES), pretrained=False),
-        model_name="small_cnn", classes=CLASSES, image_size=32, params={"seed": 1, "train": {"lr": 0.01}}, data_version="sha256:x",
+        checkpoint,
+        build_model("small_cnn", len(CLASSES), pretrained=False),
+        model_name="small_cnn",
+        classes=CLASSES,
+        image_size=32,
+        params={"seed": 1, "train": {"lr": 0.01}},
+        data_version="sha256:x",
     )
     return pd.DataFrame(rows), checkpoint
 
@@ -57,14 +72,28 @@ def run(root: Path, table: pd.DataFrame, checkpoint: Path, reports: bool = False
     cfg = EvaluateConfig(out_dir=root / "evaluate", bootstrap=20, gradcam_per_class=1, ood_quantile=0.9)
     extra = {}
     if reports:
-        (root / "dedup.json").write_text(json.dumps({"images_in": 60, "images_kept": 48, "dropped_by_reason": {"duplicate": 12}}))
-        (root / "split.json").write_text(json.dumps({"images": 48, "groups": 40, "leakage": {"cross_split_duplicate_pairs": 0, "patients_in_several_splits": 0}}))
+        (root / "dedup.json").write_text(
+            json.dumps({"images_in": 60, "images_kept": 48, "dropped_by_reason": {"duplicate": 12}})
+        )
+        (root / "split.json").write_text(
+            json.dumps(
+                {
+                    "images": 48,
+                    "groups": 40,
+                    "leakage": {"cross_split_duplicate_pairs": 0, "patients_in_several_splits": 0},
+                }
+            )
+        )
         extra = {"dedup_report": root / "dedup.json", "split_report": root / "split.json"}
     return evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=root / "metrics", **extra)
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".pt"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix != ".pt"
+    }
 
 
 def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
@@ -77,21 +106,31 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     assert set(located) == {"glioma", "meningioma", "pituitary", "all"}  # no region is known for no_tumor
     assert located["all"]["n"] == 9 and 0 < located["all"]["chance"] < 0.2
     ood = metrics["ood"]
-    assert ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
+    assert (
+        ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
+    )
     assert ood["non_mri"]["n"] > 30 and 0 <= ood["non_mri"]["detection_rate"] <= 1
 
     calibration = metrics["calibration"]
     assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0
-    assert calibration["val"]["log_loss_calibrated"] <= calibration["val"]["log_loss_uncalibrated"], "fitted on val by log loss"
-    assert calibration["test"]["ece_calibrated"] == pytest.approx(metrics["test"]["ece"], abs=1e-4), "reported test metrics are calibrated"
+    assert calibration["val"]["log_loss_calibrated"] <= calibration["val"]["log_loss_uncalibrated"], (
+        "fitted on val by log loss"
+    )
+    assert calibration["test"]["ece_calibrated"] == pytest.approx(metrics["test"]["ece"], abs=1e-4), (
+        "reported test metrics are calibrated"
+    )
     assert calibration["test"]["log_loss_calibrated"] == pytest.approx(metrics["test"]["log_loss"], abs=1e-3)
 
     out = tmp_path / "evaluate"
     check = OODCheck.load(out / "ood.npz")
     assert check.checkpoint_sha256 == file_sha256(checkpoint) and check.quantile == 0.9
-    assert Temperature.load(out / "temperature.json", file_sha256(checkpoint)).value == pytest.approx(calibration["temperature"], abs=1e-4)
+    assert Temperature.load(out / "temperature.json", file_sha256(checkpoint)).value == pytest.approx(
+        calibration["temperature"], abs=1e-4
+    )
     overlays = sorted(p.relative_to(out / "gradcam").as_posix() for p in (out / "gradcam").rglob("*.png"))
-    assert overlays and all(p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays)
+    assert overlays and all(
+        p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays
+    )
     assert len(overlays) <= 2 * len(CLASSES)
     for name in ("gradcam.png", "ood_scores.png", "confusion_matrix.png", "predictions.csv"):
         assert (out / name).is_file(), name
@@ -99,9 +138,18 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     assert {"ood_score", "ood_verdict"} <= set(predictions.columns) and len(predictions) == 24
 
     card = (out / "MODEL_CARD.md").read_text()
-    for heading in ("## Intended use", "## Data", "## Results", "## Explanations", "## Out-of-distribution check", "## Limitations"):
+    for heading in (
+        "## Intended use",
+        "## Data",
+        "## Results",
+        "## Explanations",
+        "## Out-of-distribution check",
+        "## Limitations",
+    ):
         assert heading in card, heading
-    assert "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
+    assert (
+        "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
+    )
     assert "[95% CI]" in card and "source_a" in card and "temperature-scaled" in card
 
     first = digest(tmp_path)
@@ -132,6 +180,8 @@ def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
     first = gradcam_sample(y, predicted, 3, per_class=2, seed=1)
     assert first == gradcam_sample(y, predicted, 3, per_class=2, seed=1)
     chosen = set(first)
-    assert len([i for i in chosen if y[i] == 0 and predicted[i] == 0]) == 2 and 3 in chosen  # class 0: 2 right, its 1 wrong
+    assert (
+        len([i for i in chosen if y[i] == 0 and predicted[i] == 0]) == 2 and 3 in chosen
+    )  # class 0: 2 right, its 1 wrong
     assert 4 in chosen and {5, 6} <= chosen and 7 in chosen
     assert gradcam_sample(y, predicted, 3, per_class=0, seed=1) == []

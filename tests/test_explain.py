@@ -8,8 +8,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brainmri.model.explain import gradcam, gradcam_images, localisation, overlay, region_mask, save_overlay, summarise_localisation
 from brainmri.model.architectures import build_model
+from brainmri.model.explain import (
+    gradcam,
+    gradcam_images,
+    localisation,
+    overlay,
+    region_mask,
+    save_overlay,
+    summarise_localisation,
+)
 
 SIZE = 48
 
@@ -22,7 +30,9 @@ def blob_images(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.ndar
     yy, xx = np.mgrid[:SIZE, :SIZE]
     images, labels, discs = [], [], []
     for i in range(n):
-        background = np.kron(rng.normal(90, 25, (SIZE // 8, SIZE // 8)), np.ones((8, 8))) + rng.normal(0, 8, (SIZE, SIZE))
+        background = np.kron(rng.normal(90, 25, (SIZE // 8, SIZE // 8)), np.ones((8, 8))) + rng.normal(
+            0, 8, (SIZE, SIZE)
+        )
         cy, cx = rng.uniform(8, SIZE - 8, 2)
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 5**2
         label = i % 2
@@ -38,7 +48,9 @@ class TinyNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Linear(16, 2)
 
     def forward(self, x):
@@ -105,7 +117,10 @@ def test_localisation_counts_peak_and_mass():
     cam[3, 3] = 2.0
     assert localisation(cam, region)["hit"] is False
     assert localisation(np.zeros((4, 4)), region) == {"hit": False, "mass": 0.0, "area": 1 / 16}
-    rows = [{"label": "glioma", "hit": True, "mass": 0.5, "area": 0.1}, {"label": "glioma", "hit": False, "mass": 0.1, "area": 0.1}]
+    rows = [
+        {"label": "glioma", "hit": True, "mass": 0.5, "area": 0.1},
+        {"label": "glioma", "hit": False, "mass": 0.1, "area": 0.1},
+    ]
     summary = summarise_localisation(rows, ["glioma", "no_tumor"])
     assert summary == {
         "glioma": {"n": 2, "pointing_game": 0.5, "mass_in_region": 0.3, "chance": 0.1},

@@ -9,9 +9,8 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_image
 
-from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import MODEL_NAMES
-from brainmri.model.inference import logits_and_features
+from brainmri.core.preprocess import to_model_input
 from brainmri.model.architectures import (
     DEFAULT_IMAGE_SIZE,
     ModelError,
@@ -21,7 +20,8 @@ from brainmri.model.architectures import (
     efficientnet_lite_imagenet_state,
     gradcam_layer,
 )
-from brainmri.core.preprocess import to_model_input
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.inference import logits_and_features
 
 BUILDING_CLASSES = {"palace", "bell cote", "castle", "monastery", "church", "boathouse", "stupa"}
 """ImageNet classes that fit scikit-learn's ``china.jpg`` (a temple roof among trees)."""
@@ -165,7 +165,9 @@ def test_pretrained_head_is_replaced_but_trunk_kept():
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
 
 
-@pytest.mark.parametrize("name", [name for name in MODEL_NAMES if name != "vgg16"])  # vgg16: 0.5 GB to write, same path as resnet
+@pytest.mark.parametrize(
+    "name", [name for name in MODEL_NAMES if name != "vgg16"]
+)  # vgg16: 0.5 GB to write, same path as resnet
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, name):
     torch.manual_seed(0)
     model = build_model(name, 3, pretrained=False)

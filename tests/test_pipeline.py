@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.ops.reproducibility import check_reproducibility
 from brainmri.dataset.split import UNSEEDED_FLAG
+from brainmri.ops.reproducibility import check_reproducibility
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -100,8 +100,14 @@ def test_dedup_finds_every_planted_copy_and_merges_no_distinct_phantoms(pipeline
     manifest = pd.read_csv(pipeline / "build" / "dedup" / "manifest.csv", keep_default_na=False)
     cluster = dict(zip(manifest["original_path"], manifest["cluster_id"]))
     key = lambda ref: f"{truth['archives'][ref['archive']]}/{ref['member']}"  # noqa: E731
-    pairs = [p for kind in ("exact_copies", "near_copies", "cross_source_copies", "conflicting_labels") for p in truth[kind]]
-    usable = [(key(p["original"]), key(p["copy"])) for p in pairs if key(p["original"]) in cluster and key(p["copy"]) in cluster]
+    pairs = [
+        p for kind in ("exact_copies", "near_copies", "cross_source_copies", "conflicting_labels") for p in truth[kind]
+    ]
+    usable = [
+        (key(p["original"]), key(p["copy"]))
+        for p in pairs
+        if key(p["original"]) in cluster and key(p["copy"]) in cluster
+    ]
     assert len(usable) > 20
     missed = [(a, b) for a, b in usable if cluster[a] != cluster[b]]
     assert not missed, f"{len(missed)} planted copies not merged, e.g. {missed[:3]}"
@@ -160,7 +166,9 @@ def test_committed_lock_comparison_fails_on_an_injected_difference(pipeline):
     _commit_lock(pipeline)
     lines = []
     assert compare_with_committed(pipeline, echo=lines.append), lines
-    assert lines == [f"{s}: same as the committed lock" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")]
+    assert lines == [
+        f"{s}: same as the committed lock" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")
+    ]
     _commit_lock(pipeline, _set_model_hash)
     lines = []
     assert not compare_with_committed(pipeline, echo=lines.append)
@@ -252,13 +260,19 @@ def test_an_external_set_is_a_stage_whose_files_are_dependencies(pipeline):
             write_grey_png(outside / folder / f"{k}.png", blob_image(rng, 64))
     original = (pipeline / "params.yaml").read_text()
     params = yaml.safe_load(original)
-    params["evaluate"]["external"] = [{"name": "hospital_x", "path": "../hospital_x", "labels": {"yes": "tumor_unknown", "no": "no_tumor"}}]
+    params["evaluate"]["external"] = [
+        {"name": "hospital_x", "path": "../hospital_x", "labels": {"yes": "tumor_unknown", "no": "no_tumor"}}
+    ]
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         out = run(["dvc", "repro"], pipeline)
         assert "Running stage 'external@0'" in out and out.count("Running stage") == 1, out
         result = json.loads((pipeline / "metrics" / "external" / "hospital_x.json").read_text())
-        assert result["clean"]["n"] == 6 and set(result["clean"]["tumour_detection"]) >= {"sensitivity", "specificity", "roc_auc"}
+        assert result["clean"]["n"] == 6 and set(result["clean"]["tumour_detection"]) >= {
+            "sensitivity",
+            "specificity",
+            "roc_auc",
+        }
         assert "Data and pipelines are up to date." in run(["dvc", "status"], pipeline)
 
         write_grey_png(outside / "yes" / "0.png", blob_image(rng, 64))

@@ -134,14 +134,25 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command()
 @_reports_errors
 def external(
-    names: Annotated[list[str] | None, typer.Argument(help="External sets (names in evaluate.external); default: all.")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="External sets (names in evaluate.external); default: all.")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the train stage's model.pt).")] = None,
-    ood: Annotated[Path | None, typer.Option(help="Out-of-distribution check fitted for it (default: the evaluate stage's ood.npz).")] = None,
-    no_ood: Annotated[bool, typer.Option("--no-ood", help="Do not count refusals by the out-of-distribution check.")] = False,
-    temperature: Annotated[Path | None, typer.Option(help="Temperature fitted for it (default: the evaluate stage's temperature.json).")] = None,
+    ood: Annotated[
+        Path | None,
+        typer.Option(help="Out-of-distribution check fitted for it (default: the evaluate stage's ood.npz)."),
+    ] = None,
+    no_ood: Annotated[
+        bool, typer.Option("--no-ood", help="Do not count refusals by the out-of-distribution check.")
+    ] = False,
+    temperature: Annotated[
+        Path | None, typer.Option(help="Temperature fitted for it (default: the evaluate stage's temperature.json).")
+    ] = None,
     no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Use the uncalibrated softmax.")] = False,
-    out: Annotated[Path | None, typer.Option(help="JSON file to write (one set only; default metrics/external/<name>.json).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file to write (one set only; default metrics/external/<name>.json).")
+    ] = None,
 ) -> None:
     """Evaluate external sets with an existing checkpoint: tumour detection for every set, metrics over the
     classes a set holds, per patient where a patient table is given; images near-duplicating train/val left out.
@@ -152,9 +163,9 @@ def external(
     runs this for one set.
     """
     from .evaluation.external import summary_table
+    from .model.temperature import TemperatureMismatch
     from .pipeline import run_external
     from .serving.predict import OODMismatch
-    from .model.temperature import TemperatureMismatch
 
     cfg = load_config(params)
     names = names or [spec.name for spec in cfg.evaluate.external]
@@ -162,7 +173,11 @@ def external(
         raise ConfigError(f"{params}: evaluate.external lists no set")
     if out is not None and len(names) > 1:
         raise ConfigError("--out takes one set; name one")
-    overrides = {k: v for k, v in (("checkpoint", model), ("ood", ood), ("temperature", temperature), ("metrics_path", out)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("checkpoint", model), ("ood", ood), ("temperature", temperature), ("metrics_path", out))
+        if v is not None
+    }
     overrides.update({k: None for k, off in (("ood", no_ood), ("temperature", no_temperature)) if off})
     for name in names:
         try:
@@ -200,7 +215,9 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output table (.csv or .json).")] = Path("predictions.csv"),
     ood: Annotated[
         Path | None,
-        typer.Option(help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."),
+        typer.Option(
+            help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."
+        ),
     ] = None,
     no_ood: Annotated[bool, typer.Option("--no-ood", help="Give every image a class, brain MRI or not.")] = False,
     temperature: Annotated[
@@ -219,8 +236,8 @@ def predict(
     probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable). With --gradcam, writes one overlay
     PNG per predicted image there.
     """
-    from .serving.predict import OODMismatch, predict_paths
     from .model.temperature import TemperatureMismatch
+    from .serving.predict import OODMismatch, predict_paths
 
     ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")
@@ -249,10 +266,12 @@ def export(
     (classes, image size, temperature, input contract) to --out-dir; exits 1 if either export's probabilities
     differ from PyTorch's.
     """
-    from .serving.export import ExportMismatch, export_checkpoint
     from .model.temperature import TemperatureMismatch
+    from .serving.export import ExportMismatch, export_checkpoint
 
-    temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated")
+    temperature = _fitted_file(
+        temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated"
+    )
     try:
         _summary("export", export_checkpoint(model, out_dir, temperature=temperature))
     except (ExportMismatch, TemperatureMismatch) as error:
@@ -281,7 +300,9 @@ def check_repro(repo: Annotated[Path, typer.Option(help="Repository root holding
 @_reports_errors
 def report(
     base: Annotated[str, typer.Option(help="Git revision to compare with.")] = "main",
-    out: Annotated[Path, typer.Option(help="Markdown file to write; plot PNGs go to report_plots/ beside it.")] = Path("report.md"),
+    out: Annotated[Path, typer.Option(help="Markdown file to write; plot PNGs go to report_plots/ beside it.")] = Path(
+        "report.md"
+    ),
 ) -> None:
     """Write a pull-request report: params, metrics and plots of the workspace against --base.
 
@@ -323,4 +344,3 @@ def _print_headline(metrics_path: Path) -> None:
             f"{split}: n={m['n']} accuracy {m['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) "
             f"macro-F1 {m['macro_f1']:.3f} balanced accuracy {m['balanced_accuracy']:.3f}"
         )
-

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from ruamel.yaml import YAML, YAMLError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML, YAMLError
 
 from .errors import UserError
 
@@ -94,7 +94,9 @@ class PatientTable(SourceFile):
     @model_validator(mode="after")
     def _label_needs_map(self) -> "PatientTable":
         if self.label is not None and not self.labels:
-            raise ValueError(f"patient table {self.name}: 'label: {self.label}' needs 'labels' mapping its values to classes")
+            raise ValueError(
+                f"patient table {self.name}: 'label: {self.label}' needs 'labels' mapping its values to classes"
+            )
         bad = sorted(set(self.labels.values()) - set(CLASSES))
         if bad:
             raise ValueError(f"patient table {self.name}: unknown label(s) {bad} (allowed: {', '.join(CLASSES)})")
@@ -202,7 +204,9 @@ class DedupConfig(_Strict):
     """
 
     out_dir: Path = Path("build/dedup")
-    frame_spread: float | None = Field(0.7, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image")
+    frame_spread: float | None = Field(
+        0.7, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image"
+    )
     hash_size: int = Field(8, ge=4, description="pHash side; the hash has hash_size**2 bits")
     max_hamming: int = Field(8, ge=0, description="candidate pairs: pHash Hamming distance at most this")
     thumb_size: int = Field(16, ge=8, description="side of the grey thumbnails compared at pixel level")
@@ -238,7 +242,10 @@ class SplitConfig(_Strict):
         ),
     )
     same_picture_correlation: float | None = Field(
-        0.95, ge=-1, le=1, description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off"
+        0.95,
+        ge=-1,
+        le=1,
+        description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off",
     )
     folds: int = Field(0, ge=0, description="also assign train+val rows to this many grouped, stratified folds; 0: off")
     table_folds: bool = Field(
@@ -267,24 +274,36 @@ class AugmentConfig(_Strict):
     # Off by default: not shown to help on these sets, whose images are reconstructed clinical slices that vary
     # far more in brightness and contrast than in sharpness or noise; and both can wipe out a small lesion,
     # which is the very signal the classes differ by. Worth trying for data from older or low-field scanners.
-    blur_sigma: float = Field(0.0, ge=0, le=5, description="Gaussian blur, sigma drawn from [0.1, blur_sigma] px; 0: off")
+    blur_sigma: float = Field(
+        0.0, ge=0, le=5, description="Gaussian blur, sigma drawn from [0.1, blur_sigma] px; 0: off"
+    )
     noise_std: float = Field(0.0, ge=0, le=0.5, description="additive Gaussian noise std on [0, 1] pixels; 0: off")
     # Scanner and sequence differences (issue 12), off by default and not yet measured on real data.
     gamma: float = Field(0.0, ge=0, le=2, description="random gamma, log-uniform in [1/(1+gamma), 1+gamma]; 0: off")
     bias_field: float = Field(
-        0.0, ge=0, le=1, description="smooth multiplicative field exp(a * f), |f| <= 1 low-frequency, a up to this; 0: off"
+        0.0,
+        ge=0,
+        le=1,
+        description="smooth multiplicative field exp(a * f), |f| <= 1 low-frequency, a up to this; 0: off",
     )
     downsample_min: float = Field(
-        1.0, ge=0.1, le=1, description="down-up resampling to a factor drawn from [downsample_min, 1] of the side; 1: off"
+        1.0,
+        ge=0.1,
+        le=1,
+        description="down-up resampling to a factor drawn from [downsample_min, 1] of the side; 1: off",
     )
-    jpeg_quality_min: int = Field(100, ge=1, le=100, description="JPEG re-encoding at a quality drawn from [this, 100]; 100: off")
+    jpeg_quality_min: int = Field(
+        100, ge=1, le=100, description="JPEG re-encoding at a quality drawn from [this, 100]; 100: off"
+    )
 
 
 class InputConfig(_Strict):
     """How an image is cut and scaled before resizing (``brainmri.core.preprocess.normalise_input``); recorded in the
     checkpoint, so evaluate, predict, external sets and export apply what training used. Not yet measured on real data."""
 
-    crop: Literal["none", "head"] = Field("none", description="head: crop to the head's bounding box, padded to a square")
+    crop: Literal["none", "head"] = Field(
+        "none", description="head: crop to the head's bounding box, padded to a square"
+    )
     intensity: Literal["none", "percentile"] = Field(
         "none", description="percentile: map the 1st-99th percentile of the head's pixels to [0, 255], per image"
     )
@@ -304,7 +323,9 @@ class TrainConfig(_Strict):
     scheduler: Literal["onecycle", "cosine", "step", "plateau"] = Field(
         "onecycle", description="per-step LR schedule; all warm up first (see brainmri.training.train.lr_factor)"
     )
-    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine, step, plateau) or rise (one-cycle) length")
+    warmup_epochs: float = Field(
+        1.0, ge=0, description="linear warm-up (cosine, step, plateau) or rise (one-cycle) length"
+    )
     lr_step_epochs: float = Field(3.0, gt=0, description="step: multiply the LR by lr_gamma every this many epochs")
     lr_gamma: float = Field(0.1, gt=0, lt=1, description="step, plateau: the LR multiple of one reduction")
     plateau_patience: int = Field(
@@ -319,7 +340,9 @@ class TrainConfig(_Strict):
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int = Field(
-        0, ge=0, description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)"
+        0,
+        ge=0,
+        description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)",
     )
     num_workers: int = Field(0, ge=0, description="threads decoding images into the tensor cache; 0: one per core")
     cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
@@ -339,7 +362,9 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _fine_tunes_after_freezing(self) -> "TrainConfig":
         if self.freeze_epochs >= self.epochs:
-            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}), or the trunk never trains")
+            raise ValueError(
+                f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}), or the trunk never trains"
+            )
         return self
 
 
@@ -425,7 +450,9 @@ class Config(_Strict):
     def _safe_source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
         bad = sorted(name for name in value if not re.match(SAFE_NAME, name))
         if bad:
-            raise ValueError(f"source name(s) {bad} must be plain folder names (letters, digits, _ . -, no leading dot)")
+            raise ValueError(
+                f"source name(s) {bad} must be plain folder names (letters, digits, _ . -, no leading dot)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -451,13 +478,17 @@ class Config(_Strict):
         for key, folder in outputs.items():
             where = (Path.cwd() / folder).resolve()
             if build not in where.parents:
-                raise ValueError(f"{key} {str(folder)!r} must be a folder inside {BUILD_DIR}/ (stages delete and rewrite it)")
+                raise ValueError(
+                    f"{key} {str(folder)!r} must be a folder inside {BUILD_DIR}/ (stages delete and rewrite it)"
+                )
             for other, taken in seen.items():
                 if _overlap(where, other):
                     raise ValueError(f"{key} {str(folder)!r} overlaps {taken}; each stage needs a folder of its own")
             for name, given in inputs.items():
                 if _overlap(where, (Path.cwd() / given).resolve()):
-                    raise ValueError(f"{key} {str(folder)!r} overlaps the input folder {name} {str(given)!r}, which it would delete")
+                    raise ValueError(
+                        f"{key} {str(folder)!r} overlaps the input folder {name} {str(given)!r}, which it would delete"
+                    )
             seen[where] = key
         return self
 
@@ -465,8 +496,7 @@ class Config(_Strict):
     def _sets_name_sources(self) -> "Config":
         if self.fetch.source_set not in self.source_sets:
             raise ValueError(
-                f"fetch.source_set {self.fetch.source_set!r} is not one of source_sets "
-                f"({', '.join(self.source_sets)})"
+                f"fetch.source_set {self.fetch.source_set!r} is not one of source_sets ({', '.join(self.source_sets)})"
             )
         for set_name, names in self.source_sets.items():
             missing = [n for n in names if n not in self.sources]

@@ -51,7 +51,9 @@ def run_merge(cfg: Config) -> dict:
 def run_dedup(cfg: Config) -> dict:
     from .dataset.dedup import deduplicate, write_outputs
 
-    manifest = pd.read_csv(cfg.merge.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False)
+    manifest = pd.read_csv(
+        cfg.merge.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False
+    )
     result, fingerprints = deduplicate(manifest, cfg.dedup, list(cfg.active_sources()))
     write_outputs(result, fingerprints, cfg.dedup.out_dir, METRICS_DIR / "dedup.json")
     return result.report
@@ -62,7 +64,9 @@ def run_split(cfg: Config) -> dict:
     from .dataset.fingerprints import Fingerprints
     from .dataset.split import check_leakage, make_split, publish_dataset, write_outputs
 
-    manifest = pd.read_csv(cfg.dedup.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False)
+    manifest = pd.read_csv(
+        cfg.dedup.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False
+    )
     fingerprints = Fingerprints.load(cfg.dedup.out_dir / "fingerprints.npz")
     table, report = make_split(manifest, fingerprints, cfg.dedup, cfg.split, cfg.seed)
     write_outputs(table, report, cfg.split.out_dir, METRICS_DIR / "split.json")
@@ -152,5 +156,9 @@ def run_external(cfg: Config, name: str, **paths: Path | None) -> dict:
         "metrics_path": METRICS_DIR / "external" / f"{name}.json",
     }
     return evaluate_set(
-        external_set(cfg, name), dedup=cfg.dedup, resamples=cfg.evaluate.bootstrap, seed=cfg.seed, **{**defaults, **paths}
+        external_set(cfg, name),
+        dedup=cfg.dedup,
+        resamples=cfg.evaluate.bootstrap,
+        seed=cfg.seed,
+        **{**defaults, **paths},
     )

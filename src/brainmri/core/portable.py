@@ -61,7 +61,19 @@ def is_pinned() -> bool:
     return all(os.environ.get(name) == value for name, value in PINNED_ENV.items())
 
 
-KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+KERNEL_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+)
 """The CPU flags that decide which kernels the libraries would pick unpinned."""
 
 

@@ -60,7 +60,9 @@ def resize_grey(pixels: np.ndarray, image_size: int) -> np.ndarray:
         raise ValueError(f"expected a 2-D uint8 grey image, got {pixels.dtype} {pixels.shape}")
     if pixels.shape == (image_size, image_size):
         return pixels
-    image = Image.fromarray(pixels, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    image = Image.fromarray(pixels, mode="L").resize(
+        (image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None
+    )
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -71,7 +73,11 @@ def head_mask(pixels: np.ndarray) -> np.ndarray | None:
     rulers and logos are bright too, but small and apart from the head.
     """
     factor = max(1, round(max(pixels.shape) / HEAD_SIDE))
-    small = np.asarray(Image.fromarray(pixels).reduce(factor), dtype=np.float64) if factor > 1 else pixels.astype(np.float64)
+    small = (
+        np.asarray(Image.fromarray(pixels).reduce(factor), dtype=np.float64)
+        if factor > 1
+        else pixels.astype(np.float64)
+    )
     low_percentile, high_percentile, fraction = HEAD_LEVELS
     low, high = np.percentile(small, [low_percentile, high_percentile])
     if high <= low:

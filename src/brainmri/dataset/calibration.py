@@ -47,14 +47,13 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from ..config import DedupConfig, MergeConfig
+from ..core.imaging import BadImage, decode_image, pixel_sha256
 from .dedup import cluster_ids, duplicate_pairs
 from .fingerprints import Fingerprints, core_frame, phash_bits, thumbnail
-from ..core.imaging import BadImage, decode_image, pixel_sha256
 from .sources.image_folder import IMAGE_SUFFIXES
 
 FAMILIES = ("resize", "jpeg", "rgb", "intensity", "crop", "combo")
 """The transform families of the positives; ``transform`` documents each one's parameter ranges."""
-
 
 
 # --- known-duplicate transforms -------------------------------------------------------------------
@@ -146,8 +145,10 @@ def image_members(archive: Path) -> list[str]:
     (the Kaggle zip holds a Jupyter ``.ipynb_checkpoints`` copy)."""
     with zipfile.ZipFile(archive) as zipped:
         return sorted(
-            n for n in zipped.namelist()
-            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in PurePosixPath(n).parts)
+            n
+            for n in zipped.namelist()
+            if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
+            and not any(p.startswith(".") for p in PurePosixPath(n).parts)
         )
 
 
@@ -232,7 +233,9 @@ def figshare_number(member: str) -> tuple[str, int] | None:
     return (match.group(1), int(match.group(2))) if match else None
 
 
-def lookalike_pairs(thumbs: np.ndarray, classes: np.ndarray, queries: np.ndarray, k: int, exclude: set) -> list[tuple[int, int]]:
+def lookalike_pairs(
+    thumbs: np.ndarray, classes: np.ndarray, queries: np.ndarray, k: int, exclude: set
+) -> list[tuple[int, int]]:
     """For each row in ``queries``, its ``k`` most correlated other rows of the same class (not in
     ``exclude``, a set of ``(min, max)`` index pairs), as sorted ``(a, b)`` index pairs."""
     pairs = []
@@ -287,7 +290,8 @@ def build_pairs(
     """
     rng = np.random.default_rng(seed)
     fig_members = [
-        m for m in image_members(figshare)
+        m
+        for m in image_members(figshare)
         if figshare_number(m) and (half is None or figshare_number(m)[1] // FIGSHARE_BLOCK % 2 == half)
     ]
     kag_members = [m for m in image_members(kaggle) if m not in exclude]
@@ -325,7 +329,9 @@ def build_pairs(
             if pair in taken or (archive == kaggle and kag_classes[pair[0]] == kag_classes[pair[1]]):
                 continue
             taken.add(pair)
-            rows.append((ImageRef(str(archive), members[pair[0]]), ImageRef(str(archive), members[pair[1]]), False, "random"))
+            rows.append(
+                (ImageRef(str(archive), members[pair[0]]), ImageRef(str(archive), members[pair[1]]), False, "random")
+            )
             drawn += 1
     return pd.DataFrame(rows, columns=["a", "b", "duplicate", "kind"])
 
@@ -421,7 +427,9 @@ def choose(table: pd.DataFrame, min_precision: float, min_recall: float) -> pd.S
 def breakdown(scores: pd.DataFrame, row: pd.Series) -> dict:
     """Recall per transform family and false positives per negative kind at one chosen row."""
     group = scores[
-        (scores["frame"] == row["frame"]) & (scores["hash_size"] == row["hash_size"]) & (scores["thumb_size"] == row["thumb_size"])
+        (scores["frame"] == row["frame"])
+        & (scores["hash_size"] == row["hash_size"])
+        & (scores["thumb_size"] == row["thumb_size"])
     ]
     called = (group["hamming"] <= row["max_hamming"]) & (group["correlation"] >= row["min_correlation"])
     out = {"recall_by_family": {}, "false_positives_by_kind": {}}
@@ -430,7 +438,11 @@ def breakdown(scores: pd.DataFrame, row: pd.Series) -> dict:
         if rows["duplicate"].iloc[0]:
             out["recall_by_family"][kind] = {"pairs": len(rows), "found": hits, "recall": round(hits / len(rows), 4)}
         else:
-            out["false_positives_by_kind"][kind] = {"pairs": len(rows), "called_duplicate": hits, "rate": round(hits / len(rows), 4)}
+            out["false_positives_by_kind"][kind] = {
+                "pairs": len(rows),
+                "called_duplicate": hits,
+                "rate": round(hits / len(rows), 4),
+            }
     return out
 
 
@@ -468,7 +480,9 @@ def archive_duplicates(archives: dict[str, Path], cfg: DedupConfig, workers: int
     for kind in ("exact", "near"):
         chosen = pairs["kind"].to_numpy() == kind
         table = pd.crosstab(np.minimum(a[chosen], b[chosen]), np.maximum(a[chosen], b[chosen]))
-        counts[kind] = {f"{x} / {y}": int(table.loc[x, y]) for x in table.index for y in table.columns if table.loc[x, y]}
+        counts[kind] = {
+            f"{x} / {y}": int(table.loc[x, y]) for x in table.index for y in table.columns if table.loc[x, y]
+        }
     inside = np.zeros(len(manifest), dtype=bool)
     across = np.zeros(len(manifest), dtype=bool)
     same = a == b
@@ -480,7 +494,9 @@ def archive_duplicates(archives: dict[str, Path], cfg: DedupConfig, workers: int
     for name in archives:
         rows = source == name
         sub = pairs[same & (a == name)]
-        local = pd.DataFrame({"a": np.searchsorted(np.flatnonzero(rows), sub["a"]), "b": np.searchsorted(np.flatnonzero(rows), sub["b"])})
+        local = pd.DataFrame(
+            {"a": np.searchsorted(np.flatnonzero(rows), sub["a"]), "b": np.searchsorted(np.flatnonzero(rows), sub["b"])}
+        )
         per_archive[name] = {
             "images": int(rows.sum()),
             "with_copy_in_same_archive": int(inside[rows].sum()),
@@ -492,5 +508,11 @@ def archive_duplicates(archives: dict[str, Path], cfg: DedupConfig, workers: int
         "archives": per_archive,
         "images": int(len(manifest)),
         "distinct_overall": int(len(np.unique(clusters))),
-        "rule": {"frame_spread": cfg.frame_spread, "hash_size": cfg.hash_size, "max_hamming": cfg.max_hamming, "thumb_size": cfg.thumb_size, "min_correlation": cfg.min_correlation},
+        "rule": {
+            "frame_spread": cfg.frame_spread,
+            "hash_size": cfg.hash_size,
+            "max_hamming": cfg.max_hamming,
+            "thumb_size": cfg.thumb_size,
+            "min_correlation": cfg.min_correlation,
+        },
     }

@@ -46,7 +46,11 @@ def linker_line(calibration_path: Path, threshold: float | None) -> str:
         return f"Same-patient linker at {threshold}: not calibrated ({calibration_path} missing: run benchmarks/calibrate_linker.py)."
     calibration = json.loads(calibration_path.read_text())
     chosen = next(
-        (r for r in calibration["results"] if r["feature"] == "thumb32" and r["rule"] == "nearest" and r["threshold"] == threshold),
+        (
+            r
+            for r in calibration["results"]
+            if r["feature"] == "thumb32" and r["rule"] == "nearest" and r["threshold"] == threshold
+        ),
         None,
     )
     if chosen is None:
@@ -79,7 +83,9 @@ def write_datasheet(
     before.index.name = "source"
     after = pd.crosstab(split_table["source"], split_table["label"])
     after.index.name = "source"
-    sizes = pd.crosstab(split_table["split"], split_table["label"]).reindex(["train", "val", "test"]).fillna(0).astype(int)
+    sizes = (
+        pd.crosstab(split_table["split"], split_table["label"]).reindex(["train", "val", "test"]).fillna(0).astype(int)
+    )
     sizes.index.name = "split"
     with_patient = (split_table["patients"] != "").map({True: "with patient id", False: "without (linker only)"})
     patients = pd.crosstab(split_table["source"], with_patient)

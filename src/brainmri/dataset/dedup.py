@@ -95,7 +95,9 @@ def _keep_rank(manifest: pd.DataFrame, source_order: list[str]) -> pd.Series:
     return rank.reindex(manifest.index)
 
 
-def choose_kept(manifest: pd.DataFrame, source_order: list[str], conflicts: str) -> tuple[pd.Series, pd.Series, list[dict]]:
+def choose_kept(
+    manifest: pd.DataFrame, source_order: list[str], conflicts: str
+) -> tuple[pd.Series, pd.Series, list[dict]]:
     """Decide ``kept`` and ``drop_reason`` per row; also return one record per label conflict."""
     rank = _keep_rank(manifest, source_order)
     kept = pd.Series(False, index=manifest.index)
@@ -172,19 +174,38 @@ def build_report(manifest: pd.DataFrame, pair_table: pd.DataFrame, conflicts: li
             }
             for kind in ("exact", "near")
         },
-        "label_conflicts": {"clusters": len(conflicts), "images": int(sum(len(c["image_ids"]) for c in conflicts)), "action": cfg.conflicts},
-        "dropped_by_reason": {k: int(v) for k, v in sorted(Counter(manifest.loc[~manifest["kept"], "drop_reason"]).items())},
+        "label_conflicts": {
+            "clusters": len(conflicts),
+            "images": int(sum(len(c["image_ids"]) for c in conflicts)),
+            "action": cfg.conflicts,
+        },
+        "dropped_by_reason": {
+            k: int(v) for k, v in sorted(Counter(manifest.loc[~manifest["kept"], "drop_reason"]).items())
+        },
         "kept_per_class": {k: int(v) for k, v in sorted(Counter(kept["label"]).items())},
         "kept_per_source": {k: int(v) for k, v in sorted(Counter(kept["source"]).items())},
-        "thresholds": {"frame_spread": cfg.frame_spread, "hash_size": cfg.hash_size, "max_hamming": cfg.max_hamming, "thumb_size": cfg.thumb_size, "min_correlation": cfg.min_correlation},
+        "thresholds": {
+            "frame_spread": cfg.frame_spread,
+            "hash_size": cfg.hash_size,
+            "max_hamming": cfg.max_hamming,
+            "thumb_size": cfg.thumb_size,
+            "min_correlation": cfg.min_correlation,
+        },
     }
 
 
-def deduplicate(manifest: pd.DataFrame, cfg: DedupConfig, source_order: list[str], workers: int | None = None) -> tuple[DedupResult, Fingerprints]:
+def deduplicate(
+    manifest: pd.DataFrame, cfg: DedupConfig, source_order: list[str], workers: int | None = None
+) -> tuple[DedupResult, Fingerprints]:
     """Cluster duplicates in a merge manifest and mark one image per cluster as kept."""
     manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
     fingerprints = compute_fingerprints(
-        manifest["image_id"].tolist(), manifest["path"].tolist(), cfg.hash_size, cfg.thumb_size, workers, frame_spread=cfg.frame_spread
+        manifest["image_id"].tolist(),
+        manifest["path"].tolist(),
+        cfg.hash_size,
+        cfg.thumb_size,
+        workers,
+        frame_spread=cfg.frame_spread,
     )
     pairs = duplicate_pairs(manifest, fingerprints, cfg)
     manifest = manifest.assign(cluster_id=cluster_ids(len(manifest), pairs))
@@ -224,13 +245,20 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for kind, row in report["pairs"].items():
-        lines.append(f"| {kind} | {row['total']} | {row['within_source']} | {row['across_sources']} | {row['across_labels']} |")
-    lines += ["", "Dropped by reason: " + (", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items()) or "none")]
+        lines.append(
+            f"| {kind} | {row['total']} | {row['within_source']} | {row['across_sources']} | {row['across_labels']} |"
+        )
+    lines += [
+        "",
+        "Dropped by reason: " + (", ".join(f"{k} {v}" for k, v in report["dropped_by_reason"].items()) or "none"),
+    ]
     lines += ["", "Kept per class: " + ", ".join(f"{k} {v}" for k, v in report["kept_per_class"].items())]
     lines += ["", "Kept per source: " + ", ".join(f"{k} {v}" for k, v in report["kept_per_source"].items())]
     lines += ["", f"Thresholds: {report['thresholds']}", "", f"## Label conflicts ({len(report['conflicts'])})", ""]
     for conflict in report["conflicts"]:
-        lines.append(f"- cluster {conflict['cluster_id']}: {conflict['labels']} → {conflict['action']}: {', '.join(conflict['image_ids'])}")
+        lines.append(
+            f"- cluster {conflict['cluster_id']}: {conflict['labels']} → {conflict['action']}: {', '.join(conflict['image_ids'])}"
+        )
     return "\n".join(lines) + "\n"
 
 

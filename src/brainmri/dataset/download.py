@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
 from ..errors import UserError
 
 CHUNK = 1 << 20
@@ -40,7 +41,9 @@ def verify_checksum(path: Path, md5: str | None = None, sha256: str | None = Non
                 raise DownloadError(f"{path}: {algorithm} mismatch: expected {expected}, got {actual}")
 
 
-def download(url: str, target: Path, *, md5: str | None = None, sha256: str | None = None, timeout: float = 60.0) -> Path:
+def download(
+    url: str, target: Path, *, md5: str | None = None, sha256: str | None = None, timeout: float = 60.0
+) -> Path:
     """Download ``url`` to ``target``, resuming a previous ``.part`` file and verifying the checksum.
 
     On a checksum mismatch the partial file is deleted (resuming it would only
@@ -58,9 +61,10 @@ def download(url: str, target: Path, *, md5: str | None = None, sha256: str | No
             done = offset if resumed else 0
             length = response.headers.get("Content-Length")
             total = done + int(length) if length is not None else None
-            with part.open(mode) as handle, tqdm(
-                total=total, initial=done, unit="B", unit_scale=True, desc=target.name, leave=False
-            ) as progress:
+            with (
+                part.open(mode) as handle,
+                tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=target.name, leave=False) as progress,
+            ):
                 while chunk := response.read(CHUNK):
                     handle.write(chunk)
                     progress.update(len(chunk))

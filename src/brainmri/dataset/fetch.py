@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import FetchConfig, SourceConfig, SourceFile, SyntheticConfig
-from .download import DownloadError, download, file_digest, verify_checksum
 from ..errors import UserError
+from .download import DownloadError, download, file_digest, verify_checksum
 
 
 class FetchError(UserError, RuntimeError):
@@ -40,7 +40,10 @@ class FetchedFile:
 
 def _kaggle_token_present() -> bool:
     config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    return bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or (config_dir / "kaggle.json").exists()
+    return (
+        bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+        or (config_dir / "kaggle.json").exists()
+    )
 
 
 def _download_from_kaggle(slug: str, target: Path, data_dir: Path) -> None:
@@ -51,14 +54,18 @@ def _download_from_kaggle(slug: str, target: Path, data_dir: Path) -> None:
             f"Without one, download it by hand from https://www.kaggle.com/datasets/{slug} and save it as {data_dir / target.name}"
         )
     if shutil.which("kaggle") is None:
-        raise FetchError(f"{target.name}: a Kaggle token is configured but the 'kaggle' CLI is missing: pip install kaggle")
+        raise FetchError(
+            f"{target.name}: a Kaggle token is configured but the 'kaggle' CLI is missing: pip install kaggle"
+        )
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         result = subprocess.run(
             ["kaggle", "datasets", "download", "-d", slug, "-p", scratch], capture_output=True, text=True, check=False
         )
         zips = list(Path(scratch).glob("*.zip"))
         if result.returncode != 0 or len(zips) != 1:
-            raise FetchError(f"{target.name}: kaggle download of {slug} failed: {result.stderr.strip() or result.stdout.strip()}")
+            raise FetchError(
+                f"{target.name}: kaggle download of {slug} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
         zips[0].replace(target)
 
 
@@ -102,10 +109,16 @@ def fetch_file(
         origin = f"kaggle:{spec.kaggle}"
     if origin is None:
         places = ", ".join(str(p) for p in [cfg.data_dir, *cfg.mirrors])
-        by_hand = f"; download it from {source.homepage} and save it as {cfg.data_dir / spec.name}" if source.homepage else ""
-        raise FetchError(f"{source_name}: {spec.name} not found in {places} and the source has no URL or Kaggle slug{by_hand}")
+        by_hand = (
+            f"; download it from {source.homepage} and save it as {cfg.data_dir / spec.name}" if source.homepage else ""
+        )
+        raise FetchError(
+            f"{source_name}: {spec.name} not found in {places} and the source has no URL or Kaggle slug{by_hand}"
+        )
     role = "patients" if spec is source.patients else "archive"
-    return FetchedFile(source_name, spec.name, str(target), origin, file_digest(target, "sha256"), target.stat().st_size, role)
+    return FetchedFile(
+        source_name, spec.name, str(target), origin, file_digest(target, "sha256"), target.stat().st_size, role
+    )
 
 
 def fetch_sources(sources: dict[str, SourceConfig], cfg: FetchConfig, synthetic: SyntheticConfig) -> list[FetchedFile]:

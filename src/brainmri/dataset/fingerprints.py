@@ -144,7 +144,9 @@ def thumbnail(grey: Image.Image, thumb_size: int, frame: Frame | None) -> np.nda
     return thumb / norm if norm > 0 else thumb
 
 
-def fingerprint(image: Image.Image, hash_size: int, thumb_size: int, spread: float | None) -> tuple[np.ndarray, np.ndarray]:
+def fingerprint(
+    image: Image.Image, hash_size: int, thumb_size: int, spread: float | None
+) -> tuple[np.ndarray, np.ndarray]:
     """pHash bits (packed) and normalised thumbnail of one image, both from its core frame of ``spread``
     (``None``: the whole image)."""
     grey = image.convert("L")
@@ -174,7 +176,9 @@ def compute_fingerprints(
     jobs = [(str(path), hash_size, thumb_size, frame_spread) for path in paths]
     words = -(-hash_size * hash_size // 64)
     if workers == 1 or len(jobs) < 64:
-        results = list(tqdm(map(_fingerprint_path, jobs), total=len(jobs), desc="fingerprints", unit="img", leave=False))
+        results = list(
+            tqdm(map(_fingerprint_path, jobs), total=len(jobs), desc="fingerprints", unit="img", leave=False)
+        )
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             mapped = pool.map(_fingerprint_path, jobs, chunksize=32)
@@ -192,7 +196,9 @@ def _empty_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return empty, empty, np.zeros(0, dtype=np.int32)
 
 
-def hamming_pairs_scan(hashes: np.ndarray, max_distance: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def hamming_pairs_scan(
+    hashes: np.ndarray, max_distance: int, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` with Hamming distance ``<= max_distance`` by comparing every pair (blocked,
     vectorised popcount). O(N^2): the reference ``hamming_pairs`` is tested and benchmarked against."""
     n = len(hashes)
@@ -236,7 +242,9 @@ def _cross_pairs(
         cut = stop
 
 
-def hamming_pairs(hashes: np.ndarray, max_distance: int, batch: int = 4_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def hamming_pairs(
+    hashes: np.ndarray, max_distance: int, batch: int = 4_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i < j`` with Hamming distance ``<= max_distance``, sorted, with their distances.
 
     Multi-index hashing (Norouzi et al., 2012), exact: the bits that vary across the data are dealt

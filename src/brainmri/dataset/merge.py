@@ -54,9 +54,9 @@ from tqdm import tqdm
 
 from ..config import MergeConfig, SourceConfig
 from ..core.imaging import encode_png, pixel_sha256
+from ..errors import UserError
 from .patients import attach_patients
 from .sources import BadArchive, MemberTask, Rejected, SafeZip, Skipped, SourceImage, load_member, plan_archive
-from ..errors import UserError
 
 MANIFEST_COLUMNS = (
     "image_id",

@@ -60,7 +60,9 @@ def read_patient_table(path: Path | str, spec: PatientTable, data: bytes | None 
         unknown = raw.index[table["label"] == ""]
         if len(unknown):
             value = raw.at[unknown[0], spec.label]
-            raise PatientTableError(f"{path}: line {unknown[0] + 2}: {spec.label} {value!r} is not in the table's labels")
+            raise PatientTableError(
+                f"{path}: line {unknown[0] + 2}: {spec.label} {value!r} is not in the table's labels"
+            )
     table.index = raw[spec.key]
     return table
 

@@ -39,9 +39,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..config import CLASSES, DedupConfig, SplitConfig
+from ..errors import UserError
 from .fingerprints import Fingerprints, confirmed_pairs
 from .linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
-from ..errors import UserError
 
 SPLITS = ("train", "val", "test")
 UNSEEDED_FLAG = "BRAINMRI_TEST_UNSEEDED_SPLIT"
@@ -152,7 +152,9 @@ def assign_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def audit(table: pd.DataFrame, fingerprints: Fingerprints, thumbs: np.ndarray, dedup: DedupConfig, cfg: SplitConfig) -> dict:
+def audit(
+    table: pd.DataFrame, fingerprints: Fingerprints, thumbs: np.ndarray, dedup: DedupConfig, cfg: SplitConfig
+) -> dict:
     """Count what leaks across splits, recomputed from the images rather than trusted from the grouping.
 
     Patients are counted per source (``patients_in_several_splits_by_source``),
@@ -171,7 +173,8 @@ def audit(table: pd.DataFrame, fingerprints: Fingerprints, thumbs: np.ndarray, d
         "patients_in_several_splits": int(len(straddling)),
         "patients_in_several_splits_by_source": {k: int(v) for k, v in by_source.items()},
         "examples": [
-            [str(table["image_id"].iloc[a]), str(table["image_id"].iloc[b])] for a, b in zip(i[cross][:10], j[cross][:10])
+            [str(table["image_id"].iloc[a]), str(table["image_id"].iloc[b])]
+            for a, b in zip(i[cross][:10], j[cross][:10])
         ],
     }
     if cfg.same_picture_correlation is not None:
@@ -209,7 +212,9 @@ def make_split(
     with_patient = table["patients"] != ""
     report = {
         "images": int(len(table)),
-        "excluded_not_a_class": {k: int(v) for k, v in kept.loc[~kept["label"].isin(CLASSES), "label"].value_counts().sort_index().items()},
+        "excluded_not_a_class": {
+            k: int(v) for k, v in kept.loc[~kept["label"].isin(CLASSES), "label"].value_counts().sort_index().items()
+        },
         "groups": int(table["group"].nunique()),
         "largest_group": int(group_sizes.max()) if len(table) else 0,
         "group_sizes": {str(k): int(v) for k, v in group_sizes.value_counts().sort_index().items()},
@@ -218,7 +223,9 @@ def make_split(
         "images_without_patient": {k: int(v) for k, v in table[~with_patient].groupby("source").size().items()},
         "sizes": {s: int((table["split"] == s).sum()) for s in SPLITS},
         "holdout_source": cfg.holdout_source,
-        "folds": {int(k): int(v) for k, v in table["fold"].value_counts().sort_index().items()} if "fold" in table else {},
+        "folds": {int(k): int(v) for k, v in table["fold"].value_counts().sort_index().items()}
+        if "fold" in table
+        else {},
         "class_fraction": _fractions(table, "label"),
         "source_fraction": _fractions(table, "source"),
         "leakage": leakage,
@@ -238,7 +245,9 @@ def _fractions(table: pd.DataFrame, column: str) -> dict:
     result = {}
     for split in ("all", *SPLITS):
         rows = table if split == "all" else table[table["split"] == split]
-        result[split] = {k: round(float(v), 4) for k, v in rows[column].value_counts(normalize=True).sort_index().items()}
+        result[split] = {
+            k: round(float(v), 4) for k, v in rows[column].value_counts(normalize=True).sort_index().items()
+        }
     return result
 
 
@@ -252,7 +261,17 @@ def check_leakage(report: dict) -> None:
 
 
 SPLIT_COLUMNS = [
-    "image_id", "path", "label", "source", "patient_id", "patients", "group", "split", "mask_path", "box", "original_path"
+    "image_id",
+    "path",
+    "label",
+    "source",
+    "patient_id",
+    "patients",
+    "group",
+    "split",
+    "mask_path",
+    "box",
+    "original_path",
 ]
 
 

@@ -29,14 +29,20 @@ import pandas as pd
 from PIL import Image
 from sklearn import metrics as skm
 
-from ..model.checkpoint import load_checkpoint
 from ..config import EvaluateConfig, InputConfig
+from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
+from ..model.checkpoint import load_checkpoint
 from ..model.explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
 from ..model.inference import logits_and_features, read_grey_png
-from .metrics import bootstrap_ci, classification_metrics, expected_calibration_error, reliability_table, tumour_detection
 from ..model.ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
-from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
 from ..model.temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
+from .metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    expected_calibration_error,
+    reliability_table,
+    tumour_detection,
+)
 
 PLOT_SPLIT = "test"
 
@@ -51,7 +57,9 @@ def load_resized(paths, image_size: int, spec: InputConfig = NO_INPUT) -> list[n
         return list(pool.map(lambda path: prepare_grey(read_grey_png(path), image_size, spec), paths))
 
 
-def _split_metrics(rows: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes: list[str], cfg: EvaluateConfig, seed: int) -> dict:
+def _split_metrics(
+    rows: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes: list[str], cfg: EvaluateConfig, seed: int
+) -> dict:
     predicted = proba.argmax(axis=1)
     result = classification_metrics(y, proba, classes)
     result.update(bootstrap_ci(y, predicted, len(classes), cfg.bootstrap, seed))
@@ -116,7 +124,9 @@ def _write_plot_data(plots_dir: Path, y: np.ndarray, proba: np.ndarray, classes:
         fpr, tpr, _ = skm.roc_curve(positives, proba[:, k])
         pd.DataFrame({"fpr": fpr.round(5), "tpr": tpr.round(5)}).to_csv(plots_dir / f"roc_{name}.csv", index=False)
         precision, recall, _ = skm.precision_recall_curve(positives, proba[:, k])
-        pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}).to_csv(plots_dir / f"pr_{name}.csv", index=False)
+        pd.DataFrame({"recall": recall.round(5), "precision": precision.round(5)}).to_csv(
+            plots_dir / f"pr_{name}.csv", index=False
+        )
     pd.DataFrame(reliability_table(y, proba)).to_csv(plots_dir / "reliability.csv", index=False)
 
 
@@ -137,7 +147,9 @@ def gradcam_sample(y: np.ndarray, predicted: np.ndarray, n_classes: int, per_cla
 
 
 def _regions(rows: pd.DataFrame, size: int, spec: InputConfig = NO_INPUT) -> list[np.ndarray | None]:
-    columns = {c: rows[c].fillna("").astype(str) if c in rows else pd.Series([""] * len(rows)) for c in ("mask_path", "box")}
+    columns = {
+        c: rows[c].fillna("").astype(str) if c in rows else pd.Series([""] * len(rows)) for c in ("mask_path", "box")
+    }
     if spec.crop == "none":
         return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"])]
     return [
@@ -154,12 +166,23 @@ def _cropped_region(path: str, mask: str, box: str, size: int, spec: InputConfig
     square = input_box(pixels, spec)
     if region is None or square is None:
         return region_mask(size, mask, box) if square is None else None
-    cropped = Image.fromarray(crop_square(region.astype(np.uint8) * 255, square)).resize((size, size), Image.Resampling.NEAREST)
+    cropped = Image.fromarray(crop_square(region.astype(np.uint8) * 255, square)).resize(
+        (size, size), Image.Resampling.NEAREST
+    )
     view = np.asarray(cropped) > 127
     return view if view.any() else None
 
 
-def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.ndarray, proba: np.ndarray, cfg: EvaluateConfig, seed: int) -> tuple[dict, list[tuple[Path, str]]]:
+def _explain(
+    model,
+    meta,
+    rows: pd.DataFrame,
+    images: list[np.ndarray],
+    y: np.ndarray,
+    proba: np.ndarray,
+    cfg: EvaluateConfig,
+    seed: int,
+) -> tuple[dict, list[tuple[Path, str]]]:
     """Localisation scores on every test image with a known tumour region, and the seeded overlay sample.
 
     Localisation explains the *true* class (does the evidence for the right
@@ -190,7 +213,10 @@ def _explain(model, meta, rows: pd.DataFrame, images: list[np.ndarray], y: np.nd
 
 
 def _ood(
-    check: OODCheck, features: dict[str, list[np.ndarray]], test_rows: pd.DataFrame, non_mri: tuple[list[str], list[np.ndarray]]
+    check: OODCheck,
+    features: dict[str, list[np.ndarray]],
+    test_rows: pd.DataFrame,
+    non_mri: tuple[list[str], list[np.ndarray]],
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """False rejections of MRI (val, test, test per source) and detection of non-MRI; the scores for the figure."""
     scores = {split: check.score(f) for split, f in features.items()}
@@ -251,8 +277,12 @@ def evaluate_model(
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")
     non_mri = non_mri_images(seed)
-    _, non_mri_features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in non_mri], meta.image_size)
-    ood, ood_scores = _ood(check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features))
+    _, non_mri_features = logits_and_features(
+        model, [normalise_input(image, meta.preprocess) for _, _, image in non_mri], meta.image_size
+    )
+    ood, ood_scores = _ood(
+        check, {s: features[s] for s in ("val", "test")}, rows["test"], ([k for k, _, _ in non_mri], non_mri_features)
+    )
 
     results, predictions = {}, []
     for split in ("val", "test"):
@@ -270,12 +300,33 @@ def evaluate_model(
     gradcam_figure(panels, cfg.out_dir / "gradcam.png")
     ood_figure(ood_scores, check.threshold, cfg.out_dir / "ood_scores.png")
 
-    calibration = calibration_summary({s: logits[s] for s in ("val", "test")}, {s: y[s] for s in ("val", "test")}, temperature)
-    payload = {"model": meta.model_name, "data_version": meta.data_version, **results, "calibration": calibration, "localisation": located, "ood": ood}
+    calibration = calibration_summary(
+        {s: logits[s] for s in ("val", "test")}, {s: y[s] for s in ("val", "test")}, temperature
+    )
+    payload = {
+        "model": meta.model_name,
+        "data_version": meta.data_version,
+        **results,
+        "calibration": calibration,
+        "localisation": located,
+        "ood": ood,
+    }
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)
-    reports = {name: json.loads(path.read_text()) for name, path in (("dedup", dedup_report), ("split", split_report)) if path and path.exists()}
-    write_model_card(cfg.out_dir / "MODEL_CARD.md", meta=meta, table=table, metrics=payload, reports=reports, out_dir=cfg.out_dir)
-    summary = {split: {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4)} for split, r in results.items()}
-    summary["ood"] = {"test_false_rejection_rate": ood["test"]["false_rejection_rate"], "non_mri_detection_rate": ood["non_mri"]["detection_rate"]}
+    reports = {
+        name: json.loads(path.read_text())
+        for name, path in (("dedup", dedup_report), ("split", split_report))
+        if path and path.exists()
+    }
+    write_model_card(
+        cfg.out_dir / "MODEL_CARD.md", meta=meta, table=table, metrics=payload, reports=reports, out_dir=cfg.out_dir
+    )
+    summary = {
+        split: {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4)}
+        for split, r in results.items()
+    }
+    summary["ood"] = {
+        "test_false_rejection_rate": ood["test"]["false_rejection_rate"],
+        "non_mri_detection_rate": ood["non_mri"]["detection_rate"],
+    }
     return summary

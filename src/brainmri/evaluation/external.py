@@ -38,14 +38,14 @@ import pandas as pd
 from PIL import Image
 
 from ..config import ConfigError, DedupConfig, ExternalSetConfig, PatientTable
-from ..dataset.fingerprints import Fingerprints, confirmed_pairs, fingerprint
 from ..core.imaging import BadImage, decode_image
-from .metrics import detection_metrics, present_class_metrics
-from ..model.ood import NOT_MRI, OODCheck
-from ..dataset.patients import read_patient_table as read_table
 from ..core.preprocess import normalise_input
-from ..serving.predict import LIMITS, iter_inputs
+from ..dataset.fingerprints import Fingerprints, confirmed_pairs, fingerprint
+from ..dataset.patients import read_patient_table as read_table
 from ..dataset.sources.safe_zip import Member, SafeZip
+from ..model.ood import NOT_MRI, OODCheck
+from ..serving.predict import LIMITS, iter_inputs
+from .metrics import detection_metrics, present_class_metrics
 
 NO_TUMOUR = "no_tumor"
 
@@ -61,9 +61,15 @@ class ExternalSet:
 
 def _zip_table(path: Path, table: str) -> tuple[str, bytes] | None:
     with SafeZip(path, LIMITS.max_member_bytes) as archive:
-        found = [m for m in archive.members() if isinstance(m, Member) and not m.is_dir and (m.name == table or m.name.endswith("/" + table))]
+        found = [
+            m
+            for m in archive.members()
+            if isinstance(m, Member) and not m.is_dir and (m.name == table or m.name.endswith("/" + table))
+        ]
         if len(found) > 1:
-            raise ConfigError(f"{path}: several members match the patient table {table!r}: {', '.join(m.name for m in found[:3])}")
+            raise ConfigError(
+                f"{path}: several members match the patient table {table!r}: {', '.join(m.name for m in found[:3])}"
+            )
         return (f"{path}/{found[0].name}", archive.read(found[0].index)) if found else None
 
 
@@ -75,7 +81,9 @@ def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
     if spec.path.is_dir():
         inside = sorted(spec.path.glob(f"**/{table}"))
         if len(inside) > 1:
-            raise ConfigError(f"{spec.path}: several files match the patient table {table!r}: {', '.join(map(str, inside[:3]))}")
+            raise ConfigError(
+                f"{spec.path}: several files match the patient table {table!r}: {', '.join(map(str, inside[:3]))}"
+            )
         found = (str(inside[0]), inside[0].read_bytes()) if inside else None
     elif spec.path.suffix.lower() == ".zip":
         found = _zip_table(spec.path, table)
@@ -83,7 +91,9 @@ def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
     if found is None and beside.is_file():
         found = (str(beside), beside.read_bytes())
     if found is None:
-        raise FileNotFoundError(f"external set {spec.name}: patient table {table!r} is neither inside {spec.path} nor beside it")
+        raise FileNotFoundError(
+            f"external set {spec.name}: patient table {table!r} is neither inside {spec.path} nor beside it"
+        )
     name, data = found
     columns = PatientTable(name=table, key=spec.patients.file_column, id=spec.patients.patient_column)
     frame = read_table(name, columns, data)
@@ -119,7 +129,14 @@ def read_external(spec: ExternalSetConfig) -> ExternalSet:
         except BadImage:
             counts["unreadable"] += 1
             continue
-        rows.append({"file": name, "relative": relative, "label": label, "patient": patient_of(relative, patients) if patients else ""})
+        rows.append(
+            {
+                "file": name,
+                "relative": relative,
+                "label": label,
+                "patient": patient_of(relative, patients) if patients else "",
+            }
+        )
     frame = pd.DataFrame(rows, columns=["file", "relative", "label", "patient"])
     if patients is not None:
         counts["without_patient"] = int((frame["patient"] == "").sum())
@@ -129,8 +146,17 @@ def read_external(spec: ExternalSetConfig) -> ExternalSet:
 def external_overlaps(reference: Fingerprints, images: list[np.ndarray], dedup: DedupConfig) -> pd.DataFrame:
     """Pairs (external row, train/val image) that the dedup stage's criterion calls duplicates."""
     if not images:
-        return pd.DataFrame({"row": np.zeros(0, dtype=int), "image_id": np.zeros(0, dtype=str), "hamming": np.zeros(0, dtype=int), "correlation": np.zeros(0)})
-    prints = [fingerprint(Image.fromarray(image), dedup.hash_size, dedup.thumb_size, dedup.frame_spread) for image in images]
+        return pd.DataFrame(
+            {
+                "row": np.zeros(0, dtype=int),
+                "image_id": np.zeros(0, dtype=str),
+                "hamming": np.zeros(0, dtype=int),
+                "correlation": np.zeros(0),
+            }
+        )
+    prints = [
+        fingerprint(Image.fromarray(image), dedup.hash_size, dedup.thumb_size, dedup.frame_spread) for image in images
+    ]
     words, thumb = reference.hashes.shape[1], reference.thumbs.shape[1]
     combined = Fingerprints(
         np.concatenate([reference.image_ids, np.array([f"external:{k}" for k in range(len(images))])]),
@@ -141,7 +167,12 @@ def external_overlaps(reference: Fingerprints, images: list[np.ndarray], dedup: 
     n = len(reference.image_ids)
     cross = (i < n) & (j >= n)  # pairs come with i < j, so the external image is always j
     return pd.DataFrame(
-        {"row": j[cross] - n, "image_id": reference.image_ids[i[cross]], "hamming": hamming[cross], "correlation": correlation[cross].round(4)}
+        {
+            "row": j[cross] - n,
+            "image_id": reference.image_ids[i[cross]],
+            "hamming": hamming[cross],
+            "correlation": correlation[cross].round(4),
+        }
     ).sort_values(["row", "image_id"], ignore_index=True)
 
 
@@ -184,12 +215,23 @@ def external_metrics(
     if patients is not None:
         with_patient = patients != ""
         per_patient = (
-            pd.DataFrame({"patient": patients[with_patient], "actual": actual[with_patient], "called": called[with_patient], "score": score[with_patient]})
+            pd.DataFrame(
+                {
+                    "patient": patients[with_patient],
+                    "actual": actual[with_patient],
+                    "called": called[with_patient],
+                    "score": score[with_patient],
+                }
+            )
             .groupby("patient", sort=True)
             .max()
         )
         result["per_patient"] = detection_metrics(
-            per_patient["actual"].to_numpy(), per_patient["called"].to_numpy(), per_patient["score"].to_numpy(), resamples, seed
+            per_patient["actual"].to_numpy(),
+            per_patient["called"].to_numpy(),
+            per_patient["score"].to_numpy(),
+            resamples,
+            seed,
         )
     return result
 
@@ -217,32 +259,45 @@ def evaluate_external_set(
     rows, images = data.rows, data.images
     pairs = external_overlaps(reference, images, dedup)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pairs.assign(file=rows["file"].to_numpy(dtype=str)[pairs["row"].to_numpy(dtype=int)], split=pairs["image_id"].map(split_of))[
-        ["file", "image_id", "split", "hamming", "correlation"]
-    ].to_csv(out_dir / "overlaps.csv", index=False)
-    views = [normalise_input(image, meta.preprocess) for image in images]  # overlaps above are found on the images as given
-    logits, features = logits_and_features(model, views, meta.image_size) if images else (np.zeros((0, len(classes))), None)
+    pairs.assign(
+        file=rows["file"].to_numpy(dtype=str)[pairs["row"].to_numpy(dtype=int)], split=pairs["image_id"].map(split_of)
+    )[["file", "image_id", "split", "hamming", "correlation"]].to_csv(out_dir / "overlaps.csv", index=False)
+    views = [
+        normalise_input(image, meta.preprocess) for image in images
+    ]  # overlaps above are found on the images as given
+    logits, features = (
+        logits_and_features(model, views, meta.image_size) if images else (np.zeros((0, len(classes))), None)
+    )
     proba = softmax(logits, temperature)
     scores = check.score(features) if check is not None and images else None
     rejected = check.rejects(scores) if scores is not None else (np.zeros(0, dtype=bool) if check is not None else None)
     clean = ~np.isin(np.arange(len(rows)), pairs["row"])
-    predictions = rows.drop(columns="relative").assign(
-        predicted=[classes[k] for k in proba.argmax(axis=1)],
-        p_tumour=(1.0 - proba[:, classes.index(NO_TUMOUR)]).round(6),
-        overlaps_train_val=~clean,
-    ).join(pd.DataFrame(proba.round(6), columns=[f"p_{c}" for c in classes]))
+    predictions = (
+        rows.drop(columns="relative")
+        .assign(
+            predicted=[classes[k] for k in proba.argmax(axis=1)],
+            p_tumour=(1.0 - proba[:, classes.index(NO_TUMOUR)]).round(6),
+            overlaps_train_val=~clean,
+        )
+        .join(pd.DataFrame(proba.round(6), columns=[f"p_{c}" for c in classes]))
+    )
     if scores is not None:
-        predictions = predictions.assign(ood_score=scores.round(4), ood_verdict=np.where(rejected, NOT_MRI, "brain MRI"))
+        predictions = predictions.assign(
+            ood_score=scores.round(4), ood_verdict=np.where(rejected, NOT_MRI, "brain MRI")
+        )
     predictions.to_csv(out_dir / "predictions.csv", index=False)
 
     labels, patients = rows["label"].to_numpy(dtype=str), rows["patient"].to_numpy(dtype=str) if spec.patients else None
 
     def part(members: np.ndarray) -> dict:
         return external_metrics(
-            labels[members], proba[members], classes,
+            labels[members],
+            proba[members],
+            classes,
             rejected=rejected[members] if rejected is not None else None,
             patients=patients[members] if patients is not None else None,
-            resamples=resamples, seed=seed,
+            resamples=resamples,
+            seed=seed,
         )
 
     return {
@@ -277,8 +332,8 @@ def run_external(
     name the train/val images to check overlaps against. Writes ``metrics_path`` (JSON) and ``out_dir``."""
     from ..model.checkpoint import load_checkpoint
     from ..model.ood import file_sha256
-    from ..serving.predict import load_ood_check
     from ..model.temperature import Temperature
+    from ..serving.predict import load_ood_check
 
     for path in (checkpoint, split_csv, fingerprints):
         if not Path(path).is_file():
@@ -290,8 +345,17 @@ def run_external(
     known = table[table["split"].isin(["train", "val"])]
     reference = Fingerprints.load(fingerprints).subset(known["image_id"])
     result = evaluate_external_set(
-        spec, model, meta, check=check, temperature=scale, reference=reference, split_of=dict(zip(known["image_id"], known["split"])),
-        dedup=dedup, resamples=resamples, seed=seed, out_dir=out_dir,
+        spec,
+        model,
+        meta,
+        check=check,
+        temperature=scale,
+        reference=reference,
+        split_of=dict(zip(known["image_id"], known["split"])),
+        dedup=dedup,
+        resamples=resamples,
+        seed=seed,
+        out_dir=out_dir,
     )
     result["calibrated"] = temperature is not None
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,14 +381,23 @@ def summary_table(result: dict) -> str:
     ]
     parts = ("clean", "with_overlap") if result["overlapping_train_val"] else ("clean",)
     for part in parts:
-        for level, d in (("slices", result[part].get("tumour_detection")), ("patients", result[part].get("per_patient"))):
+        for level, d in (
+            ("slices", result[part].get("tumour_detection")),
+            ("patients", result[part].get("per_patient")),
+        ):
             if d is not None:
-                lines.append(f"{f'{part}, {level}':<26}{d['n']:>6}  {_value(d, 'sensitivity'):<24}{_value(d, 'specificity'):<24}{_value(d, 'roc_auc'):<24}")
+                lines.append(
+                    f"{f'{part}, {level}':<26}{d['n']:>6}  {_value(d, 'sensitivity'):<24}{_value(d, 'specificity'):<24}{_value(d, 'roc_auc'):<24}"
+                )
     for part in parts:
         r = result[part]
         if c := r.get("classification"):
-            lines.append(f"{part}: {len(c['classes'])} classes ({', '.join(c['classes'])}), n={c['n']}: accuracy {_value(c, 'accuracy')}, "
-                         f"macro-F1 {_value(c, 'macro_f1')}, balanced accuracy {c['balanced_accuracy']:.3f}")
+            lines.append(
+                f"{part}: {len(c['classes'])} classes ({', '.join(c['classes'])}), n={c['n']}: accuracy {_value(c, 'accuracy')}, "
+                f"macro-F1 {_value(c, 'macro_f1')}, balanced accuracy {c['balanced_accuracy']:.3f}"
+            )
         if r.get("ood_rejection_rate") is not None:
-            lines.append(f"{part}: refused as not a brain MRI: {r['ood_rejected']} of {r['n']} ({r['ood_rejection_rate']:.2%})")
+            lines.append(
+                f"{part}: refused as not a brain MRI: {r['ood_rejected']} of {r['n']} ({r['ood_rejection_rate']:.2%})"
+            )
     return "\n".join(line.rstrip() for line in lines)

@@ -26,8 +26,15 @@ def confusion_figure(y: np.ndarray, predicted: np.ndarray, classes: list[str], p
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for axis, normalize, title in ((axes[0], None, "counts"), (axes[1], "true", "row-normalised (recall)")):
         skm.ConfusionMatrixDisplay.from_predictions(
-            y, predicted, labels=list(range(len(classes))), display_labels=classes, normalize=normalize,
-            values_format=".2f" if normalize else "d", ax=axis, colorbar=False, xticks_rotation=30,
+            y,
+            predicted,
+            labels=list(range(len(classes))),
+            display_labels=classes,
+            normalize=normalize,
+            values_format=".2f" if normalize else "d",
+            ax=axis,
+            colorbar=False,
+            xticks_rotation=30,
         )
         axis.set_title(f"Confusion matrix, {title}")
     _save(figure, path)
@@ -60,8 +67,12 @@ def reliability_figure(y: np.ndarray, proba: np.ndarray, path: Path) -> None:
         for row in table.itertuples():
             right = row.confidence > 0.9  # keep the top bin's label inside the axes
             axis.annotate(
-                f"n={row.count}", (row.confidence, row.accuracy), textcoords="offset points",
-                xytext=(-4 if right else 4, -10), ha="right" if right else "left", fontsize=7,
+                f"n={row.count}",
+                (row.confidence, row.accuracy),
+                textcoords="offset points",
+                xytext=(-4 if right else 4, -10),
+                ha="right" if right else "left",
+                fontsize=7,
             )
     axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="Reliability (test)")
     _save(figure, path)
@@ -91,9 +102,15 @@ def ood_figure(scores: dict[str, np.ndarray], threshold: float, path: Path) -> N
     low, high = float(everything.min()), float(everything.max())
     bins = np.linspace(low, max(high, low + 1e-6), 40)  # positive width even if every score is equal
     for name, values in scores.items():
-        axis.hist(values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})", log=True)  # a few dozen non-MRI beside 1,000s of MRI
+        axis.hist(
+            values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})", log=True
+        )  # a few dozen non-MRI beside 1,000s of MRI
     axis.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:.1f}")
-    axis.set(xlabel="mean standardised Mahalanobis distance over blocks", ylabel="images (log scale)", title="Out-of-distribution score")
+    axis.set(
+        xlabel="mean standardised Mahalanobis distance over blocks",
+        ylabel="images (log scale)",
+        title="Out-of-distribution score",
+    )
     axis.legend(fontsize=8)
     _save(figure, path)
 

@@ -54,9 +54,7 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, classes: list[str])
     """Accuracy, balanced accuracy, macro and per-class P/R/F1, MCC, kappa, OvR ROC-AUC, log loss, ECE."""
     labels = list(range(len(classes)))
     predicted = proba.argmax(axis=1)
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y, predicted, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y, predicted, labels=labels, zero_division=0)
     aucs = {name: _roc_auc(y, proba, k) for k, name in enumerate(classes)}
     defined = [auc for auc in aucs.values() if auc is not None]
     clipped = np.clip(proba, 1e-15, 1.0)
@@ -119,7 +117,13 @@ def bootstrap_intervals(statistics: dict, n: int, resamples: int, seed: int, gro
 
 
 def bootstrap_ci(
-    y: np.ndarray, predicted: np.ndarray, n_classes: int, resamples: int, seed: int, labels: list[int] | None = None, groups: np.ndarray | None = None
+    y: np.ndarray,
+    predicted: np.ndarray,
+    n_classes: int,
+    resamples: int,
+    seed: int,
+    labels: list[int] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """95% percentile-bootstrap intervals for accuracy and macro-F1 (resampling images, or ``groups``, with replacement).
 
@@ -129,9 +133,14 @@ def bootstrap_ci(
     return bootstrap_intervals(
         {
             "accuracy": lambda rows: np.mean(y[rows] == predicted[rows]),
-            "macro_f1": lambda rows: skm.f1_score(y[rows], predicted[rows], labels=labels, average="macro", zero_division=0),
+            "macro_f1": lambda rows: skm.f1_score(
+                y[rows], predicted[rows], labels=labels, average="macro", zero_division=0
+            ),
         },
-        len(y), resamples, seed, groups,
+        len(y),
+        resamples,
+        seed,
+        groups,
     )
 
 
@@ -161,7 +170,14 @@ def binary_roc_auc(actual: np.ndarray, score: np.ndarray) -> float | None:
     return float(skm.roc_auc_score(actual, score)) if actual.any() and not actual.all() else None
 
 
-def detection_metrics(actual: np.ndarray, called: np.ndarray, score: np.ndarray, resamples: int, seed: int, groups: np.ndarray | None = None) -> dict:
+def detection_metrics(
+    actual: np.ndarray,
+    called: np.ndarray,
+    score: np.ndarray,
+    resamples: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> dict:
     """Binary detection (tumour or not): counts, sensitivity, specificity, ROC-AUC of ``score``, with bootstrap CIs."""
     actual, called = np.asarray(actual, dtype=bool), np.asarray(called, dtype=bool)
     result = {
@@ -174,18 +190,31 @@ def detection_metrics(actual: np.ndarray, called: np.ndarray, score: np.ndarray,
         "missed": int((actual & ~called).sum()),
         "false_alarms": int((~actual & called).sum()),
     }
-    result.update(bootstrap_intervals(
-        {
-            "sensitivity": lambda rows: sensitivity(actual[rows], called[rows]),
-            "specificity": lambda rows: specificity(actual[rows], called[rows]),
-            "roc_auc": lambda rows: binary_roc_auc(actual[rows], score[rows]),
-        },
-        len(actual), resamples, seed, groups,
-    ))
+    result.update(
+        bootstrap_intervals(
+            {
+                "sensitivity": lambda rows: sensitivity(actual[rows], called[rows]),
+                "specificity": lambda rows: specificity(actual[rows], called[rows]),
+                "roc_auc": lambda rows: binary_roc_auc(actual[rows], score[rows]),
+            },
+            len(actual),
+            resamples,
+            seed,
+            groups,
+        )
+    )
     return result
 
 
-def present_class_metrics(y: np.ndarray, proba: np.ndarray, present: list[int], classes: list[str], resamples: int, seed: int, groups: np.ndarray | None = None) -> dict:
+def present_class_metrics(
+    y: np.ndarray,
+    proba: np.ndarray,
+    present: list[int],
+    classes: list[str],
+    resamples: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> dict:
     """Multi-class metrics over the classes a set holds (``present``), with bootstrap CIs.
 
     The prediction is still the arg-max over all the model's classes, so an
@@ -205,7 +234,13 @@ def present_class_metrics(y: np.ndarray, proba: np.ndarray, present: list[int], 
         "macro_f1": float(f1.mean()),
         "roc_auc_macro": float(np.mean(defined)) if defined else None,
         "per_class": {
-            classes[k]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]), "roc_auc": aucs[i]}
+            classes[k]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                "roc_auc": aucs[i],
+            }
             for i, k in enumerate(present)
         },
     }

@@ -61,14 +61,23 @@ def _model(meta: CheckpointMeta) -> list[str]:
         "## Model",
         "",
         f"- Architecture: `{meta.model_name}`; input: one grey channel resized to {meta.image_size}x{meta.image_size}, "
-        "scaled to [0, 1] (`brainmri.preprocess`); output: softmax over " + ", ".join(f"`{c}`" for c in meta.classes) + ".",
+        "scaled to [0, 1] (`brainmri.preprocess`); output: softmax over "
+        + ", ".join(f"`{c}`" for c in meta.classes)
+        + ".",
         f"- Data version (hash of the split table it was trained on): `{meta.data_version}`.",
     ]
     if meta.preprocess.crop != "none" or meta.preprocess.intensity != "none":
-        lines.insert(3, f"- Before resizing: crop `{meta.preprocess.crop}`, intensity `{meta.preprocess.intensity}` (`train.input`).")
+        lines.insert(
+            3,
+            f"- Before resizing: crop `{meta.preprocess.crop}`, intensity `{meta.preprocess.intensity}` (`train.input`).",
+        )
     scalars = {k: v for k, v in meta.extra.items() if isinstance(v, (int, float, str, bool))}
     if scalars:
-        lines.append("- Checkpoint chosen at: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()) + ".")
+        lines.append(
+            "- Checkpoint chosen at: "
+            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items())
+            + "."
+        )
     lines += ["", "Training parameters (from the checkpoint):", ""]
     lines += _table(["param", "value"], [[f"`{k}`", f"`{v}`"] for k, v in _flatten(meta.params)])
     return lines
@@ -104,13 +113,20 @@ def _data(table: pd.DataFrame, reports: dict) -> list[str]:
             f"{leakage.get('linker_pairs_across_splits', 'n/a')} linked same-patient pairs across splits.",
         ]
     if not reports:
-        lines.append("- (The dedup and split reports were not given to the evaluate stage; counts below are from the split table.)")
+        lines.append(
+            "- (The dedup and split reports were not given to the evaluate stage; counts below are from the split table.)"
+        )
     lines += ["", "Images per split and class:", ""]
     counts = pd.crosstab(table["split"], table["label"]).reindex(["train", "val", "test"]).fillna(0).astype(int)
-    lines += _table(["split", *counts.columns, "total"], [[s, *row, int(row.sum())] for s, row in zip(counts.index, counts.to_numpy())])
+    lines += _table(
+        ["split", *counts.columns, "total"],
+        [[s, *row, int(row.sum())] for s, row in zip(counts.index, counts.to_numpy())],
+    )
     lines += ["Images per source and class (all splits):", ""]
     by_source = pd.crosstab(table["source"], table["label"])
-    lines += _table(["source", *by_source.columns], [[s, *row] for s, row in zip(by_source.index, by_source.to_numpy())])
+    lines += _table(
+        ["source", *by_source.columns], [[s, *row] for s, row in zip(by_source.index, by_source.to_numpy())]
+    )
     return lines
 
 
@@ -120,8 +136,15 @@ def _results(metrics: dict, classes: list[str]) -> list[str]:
     lines += _table(
         ["split", "n", "accuracy [95% CI]", "macro-F1 [95% CI]", "balanced accuracy", "ROC-AUC (macro)", "ECE"],
         [
-            [s, metrics[s]["n"], _ci(metrics[s], "accuracy"), _ci(metrics[s], "macro_f1"), _pct(metrics[s]["balanced_accuracy"]),
-             _num(metrics[s]["roc_auc_macro"]), _num(metrics[s]["ece"])]
+            [
+                s,
+                metrics[s]["n"],
+                _ci(metrics[s], "accuracy"),
+                _ci(metrics[s], "macro_f1"),
+                _pct(metrics[s]["balanced_accuracy"]),
+                _num(metrics[s]["roc_auc_macro"]),
+                _num(metrics[s]["ece"]),
+            ]
             for s in splits
         ],
     )
@@ -131,14 +154,31 @@ def _results(metrics: dict, classes: list[str]) -> list[str]:
         lines += ["Per class (test):", ""]
         lines += _table(
             ["class", "support", "precision", "recall", "F1", "ROC-AUC"],
-            [[c, per_class[c]["support"], _pct(per_class[c]["precision"]), _pct(per_class[c]["recall"]), _pct(per_class[c]["f1"]), _num(per_class[c]["roc_auc"])] for c in classes],
+            [
+                [
+                    c,
+                    per_class[c]["support"],
+                    _pct(per_class[c]["precision"]),
+                    _pct(per_class[c]["recall"]),
+                    _pct(per_class[c]["f1"]),
+                    _num(per_class[c]["roc_auc"]),
+                ]
+                for c in classes
+            ],
         )
         lines += ["Tumour vs no tumour (any tumour class counts as tumour):", ""]
         lines += _table(
             ["split", "sensitivity", "specificity", "missed tumours"],
-            [[s, _pct(d["sensitivity"]), _pct(d["specificity"]), d["missed_tumours"]] for s in splits if (d := metrics[s].get("tumour_detection"))],
+            [
+                [s, _pct(d["sensitivity"]), _pct(d["specificity"]), d["missed_tumours"]]
+                for s in splits
+                if (d := metrics[s].get("tumour_detection"))
+            ],
         )
-        lines += ["Per source (test; macro-F1 over the classes present in that source): a source much worse than the others is a warning sign.", ""]
+        lines += [
+            "Per source (test; macro-F1 over the classes present in that source): a source much worse than the others is a warning sign.",
+            "",
+        ]
         lines += _table(
             ["source", "n", "accuracy", "macro-F1"],
             [[s, r["n"], _pct(r["accuracy"]), _pct(r["macro_f1"])] for s, r in metrics["test"]["per_source"].items()],
@@ -171,7 +211,10 @@ def _localisation(located: dict) -> list[str]:
     ]
     return lines + _table(
         ["class", "n", "pointing game", "mass in tumour", "chance"],
-        [[c, r["n"], _pct(r["pointing_game"]), _pct(r["mass_in_region"]), _pct(r["chance"])] for c, r in located.items()],
+        [
+            [c, r["n"], _pct(r["pointing_game"]), _pct(r["mass_in_region"]), _pct(r["chance"])]
+            for c, r in located.items()
+        ],
     )
 
 
@@ -180,7 +223,7 @@ def _ood(ood: dict) -> list[str]:
     lines = [
         "## Out-of-distribution check",
         "",
-        "`predict` answers \"not a brain MRI\" when an image's out-of-distribution score, the Mahalanobis distance of "
+        '`predict` answers "not a brain MRI" when an image\'s out-of-distribution score, the Mahalanobis distance of '
         "its pooled features to the nearest class mean at every trunk block (standardised on the val images and "
         f"averaged), exceeds {_num(ood['threshold'], 2)} (the {ood['quantile']:g} quantile of the val images; "
         "fitted on the train images, saved as `ood.npz` beside this card).",
@@ -188,7 +231,8 @@ def _ood(ood: dict) -> list[str]:
         f"- MRI wrongly rejected (test): {_pct(test['false_rejection_rate'])} ({test['false_rejections']} of {test['n']}); "
         "per source: " + ", ".join(f"{s} {_pct(r)}" for s, r in test["per_source"].items()) + ".",
         f"- Non-MRI images detected: {_pct(non_mri['detection_rate'])} of {non_mri['n']}; per kind: "
-        + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in non_mri["per_kind"].items()) + ".",
+        + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in non_mri["per_kind"].items())
+        + ".",
         "",
     ]
     return lines
@@ -206,7 +250,7 @@ def _confounding(table: pd.DataFrame) -> list[str]:
         top = column.idxmax()
         if column[top] / column.sum() >= CONFOUNDED_SHARE and len(counts.index) > 1:
             notes.append(f"{_pct(column[top] / column.sum())} of `{source}` images are `{top}`")
-        elif (missing := [label for label, n in column.items() if n == 0]):
+        elif missing := [label for label, n in column.items() if n == 0]:
             notes.append(f"`{source}` has no " + " or ".join(f"`{label}`" for label in missing) + " images")
     if not notes:
         return ["- No class is drawn mostly from one source in this split table; still check per-source results."]
@@ -233,7 +277,9 @@ def _limitations(table: pd.DataFrame) -> list[str]:
     ]
 
 
-def build_model_card(*, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict, reports: dict, figures: list[str]) -> str:
+def build_model_card(
+    *, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict, reports: dict, figures: list[str]
+) -> str:
     """The card's Markdown text; ``figures`` are the PNG file names present beside it."""
     lines = [
         f"# Model card: brain-MRI tumour classifier (`{meta.model_name}`)",
@@ -261,6 +307,8 @@ def build_model_card(*, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict
     return "\n".join(lines)
 
 
-def write_model_card(path: Path, *, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict, reports: dict, out_dir: Path) -> None:
+def write_model_card(
+    path: Path, *, meta: CheckpointMeta, table: pd.DataFrame, metrics: dict, reports: dict, out_dir: Path
+) -> None:
     figures = [name for name, _ in FIGURES if (out_dir / name).exists()]
     path.write_text(build_model_card(meta=meta, table=table, metrics=metrics, reports=reports, figures=figures))

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
+
 from ..errors import UserError
 
 SMALL_CNN_WIDTHS: tuple[int, ...] = (24, 48, 96, 192)
@@ -70,6 +71,7 @@ class ModelError(UserError, ValueError):
 class PretrainedWeightsUnavailable(ModelError):
     """Pretrained weights that are neither cached nor downloadable (e.g. no network)."""
 
+
 TF_EFFNET_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 """The normalisation these (TensorFlow-trained) weights expect: TF's Lite preprocessing maps pixels to about [-1, 1]
 (mean 127, std 128), not ImageNet mean/std; on scikit-learn's sample photos it also gives the most confident correct labels."""
@@ -94,7 +96,9 @@ class InputAdapter(nn.Module):
             raise ValueError(f"expected a grey batch [N, 1, S, S], got {tuple(x.shape)}")
         # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (set here, since the
         # result of arithmetic on an expanded tensor would otherwise get an arbitrary layout).
-        return ((x.expand(-1, self.channels, -1, -1) - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return ((x.expand(-1, self.channels, -1, -1) - self.mean) / self.std).contiguous(
+            memory_format=torch.channels_last
+        )
 
 
 class Classifier(nn.Module):
@@ -178,7 +182,9 @@ class SmallCNN(nn.Module):
         stages = []
         for index, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
             pool = [nn.MaxPool2d(2)] if index < len(widths) - 2 else []
-            stages.append(nn.Sequential(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout), SqueezeExcite(cout), *pool))
+            stages.append(
+                nn.Sequential(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout), SqueezeExcite(cout), *pool)
+            )
         self.stem = nn.Sequential(*_conv_bn_relu(1, widths[0], stride=2))
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(AvgMaxPool(), nn.Dropout(dropout), nn.Linear(2 * widths[-1], num_classes))
@@ -313,7 +319,11 @@ def _efficientnet_b0(num_classes: int, pretrained: bool) -> Classifier:
     _replace_last_linear(net.classifier, num_classes)
     # features[-1] is the 1×1 conv→BN→SiLU head conv: the post-activation last feature map.
     return Classifier(
-        InputAdapter(3, *IMAGENET_MEAN_STD), net, cam_layer=net.features[-1], blocks=list(net.features), head=net.classifier
+        InputAdapter(3, *IMAGENET_MEAN_STD),
+        net,
+        cam_layer=net.features[-1],
+        blocks=list(net.features),
+        head=net.classifier,
     )
 
 
@@ -322,7 +332,11 @@ def _convnext_tiny(num_classes: int, pretrained: bool) -> Classifier:
     _replace_last_linear(net.classifier, num_classes)
     # features[-1] is the last stage (residual blocks; its LayerNorm sits in the head), 7×7 at 224 px.
     return Classifier(
-        InputAdapter(3, *IMAGENET_MEAN_STD), net, cam_layer=net.features[-1], blocks=list(net.features), head=net.classifier
+        InputAdapter(3, *IMAGENET_MEAN_STD),
+        net,
+        cam_layer=net.features[-1],
+        blocks=list(net.features),
+        head=net.classifier,
     )
 
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from pydantic import ValidationError
+from torch import nn
 
 from brainmri.config import InputConfig
 from brainmri.model.architectures import ModelError, build_model
+
 from ..errors import UserError
 
 FORMAT_VERSION = 1
@@ -104,9 +104,13 @@ def read_checkpoint(path: Path | str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors and plain values") from None
+        raise CheckpointError(
+            f"{path}: refused: it holds pickled objects other than tensors and plain values"
+        ) from None
     except Exception as error:  # torch raises RuntimeError, KeyError, EOFError... on files that are not checkpoints
-        raise CheckpointError(f"{path}: not a checkpoint ({type(error).__name__}: {' '.join(str(error).split())[:120]})") from None
+        raise CheckpointError(
+            f"{path}: not a checkpoint ({type(error).__name__}: {' '.join(str(error).split())[:120]})"
+        ) from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: holds a {type(payload).__name__}, not a checkpoint written by the train stage")
     version = payload.get("format_version")
@@ -124,7 +128,9 @@ def _check_fields(path: Path, payload: dict) -> None:
         raise CheckpointError(f"{path}: 'classes' must be a list of at least 2 distinct names, got {classes!r:.80}")
     size = payload.get("image_size")
     if type(size) is not int or not 16 <= size <= MAX_IMAGE_SIZE:
-        raise CheckpointError(f"{path}: 'image_size' must be a whole number from 16 to {MAX_IMAGE_SIZE}, got {size!r:.40}")
+        raise CheckpointError(
+            f"{path}: 'image_size' must be a whole number from 16 to {MAX_IMAGE_SIZE}, got {size!r:.40}"
+        )
     if not isinstance(payload.get("model_name"), str):
         raise CheckpointError(f"{path}: no 'model_name'")
     _input_config(path, payload)
@@ -154,7 +160,9 @@ def load_checkpoint(path: Path | str, device: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"{path}: {error}") from None
     except RuntimeError as error:  # missing, unexpected or mis-shaped weights
         first = str(error).splitlines()[1:2] or [str(error)]
-        raise CheckpointError(f"{path}: its weights do not fit a {name} with {len(classes)} classes ({first[0].strip()[:160]})") from None
+        raise CheckpointError(
+            f"{path}: its weights do not fit a {name} with {len(classes)} classes ({first[0].strip()[:160]})"
+        ) from None
     model.to(device).eval()
     meta = CheckpointMeta(
         model_name=payload["model_name"],

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .architectures import gradcam_layer
 from ..core.preprocess import to_model_input
+from .architectures import gradcam_layer
 
 OVERLAY_ALPHA = 0.45
 """Weight of the heat map over the grey image in overlays."""
@@ -41,7 +41,9 @@ OVERLAY_MAX_SIDE = 256
 """Overlays are drawn at the image's own size, shrunk to at most this side to keep them small."""
 
 
-def gradcam(model: nn.Module, batch: torch.Tensor, targets: Sequence[int] | None = None, layer: nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+def gradcam(
+    model: nn.Module, batch: torch.Tensor, targets: Sequence[int] | None = None, layer: nn.Module | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps ``[N, S, S]`` in [0, 1] (upsampled to the input size) and softmax probabilities ``[N, classes]``.
 
     ``targets`` are the class indices to explain (default: each image's
@@ -76,7 +78,13 @@ def gradcam(model: nn.Module, batch: torch.Tensor, targets: Sequence[int] | None
     return cam.cpu().numpy(), torch.softmax(logits.detach(), dim=1).cpu().numpy()
 
 
-def gradcam_images(model: nn.Module, images: Sequence[np.ndarray], image_size: int, targets: Sequence[int] | None = None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def gradcam_images(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    image_size: int,
+    targets: Sequence[int] | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
     """``gradcam`` over 8-bit grey images of any size, in batches, with the shared preprocessing."""
     device = next(model.parameters()).device
     cams, probas = [], []
@@ -162,11 +170,15 @@ def overlay(image: np.ndarray, cam: np.ndarray, region: np.ndarray | None = None
     scale = min(1.0, OVERLAY_MAX_SIDE / max(height, width))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     grey = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
-    heat_map = Image.fromarray((np.clip(cam, 0, 1) * 255).round().astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    heat_map = Image.fromarray((np.clip(cam, 0, 1) * 255).round().astype(np.uint8)).resize(
+        size, Image.Resampling.BILINEAR
+    )
     heat = _jet(np.asarray(heat_map) / 255.0).astype(np.float64)
     blended = (1 - OVERLAY_ALPHA) * grey[..., None] + OVERLAY_ALPHA * heat
     if region is not None:
-        outline = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
+        outline = (
+            np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 127
+        )
         edge = outline & ~_eroded(outline)
         blended[edge] = 255
     left = np.repeat(grey[..., None], 3, axis=2)

@@ -53,9 +53,28 @@ NOT_MRI = "not a brain MRI"
 """What ``predict`` writes instead of a class for an image the check rejects."""
 
 SKIMAGE_SAMPLES = (
-    "astronaut", "brick", "camera", "cat", "cell", "checkerboard", "clock", "coffee", "coins", "colorwheel",
-    "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon",
-    "page", "retina", "rocket", "text",
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "cell",
+    "checkerboard",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
 )
 """scikit-image's sample images that ship inside the wheel (no download). ``shepp_logan_phantom`` is left
 out on purpose: it is a synthetic head slice, closer to the demo phantoms than to a non-MRI picture."""
@@ -121,7 +140,10 @@ class OODCheck:
         """
         if len(features) != len(self.layers):
             raise ValueError(f"the check has {len(self.layers)} feature blocks, got {len(features)}")
-        standardised = [(layer.distance(f) - loc) / scale for layer, f, loc, scale in zip(self.layers, features, self.loc, self.scale)]
+        standardised = [
+            (layer.distance(f) - loc) / scale
+            for layer, f, loc, scale in zip(self.layers, features, self.loc, self.scale)
+        ]
         return np.mean(standardised, axis=0)
 
     def rejects(self, scores: np.ndarray) -> np.ndarray:
@@ -222,9 +244,15 @@ def _generated(rng: np.random.Generator) -> list[tuple[str, str, np.ndarray]]:
     yy, xx = np.mgrid[:s, :s] / (s - 1)
     samples = []
     for k in range(GENERATED_PER_KIND):
-        noise = rng.integers(0, 256, (s, s)).astype(np.uint8) if k % 2 else np.clip(rng.normal(128, 50, (s, s)), 0, 255).astype(np.uint8)
+        noise = (
+            rng.integers(0, 256, (s, s)).astype(np.uint8)
+            if k % 2
+            else np.clip(rng.normal(128, 50, (s, s)), 0, 255).astype(np.uint8)
+        )
         samples.append(("noise", f"noise:{k}", noise))
-        smooth = Image.fromarray(rng.integers(0, 256, (s // 16, s // 16)).astype(np.uint8)).resize((s, s), Image.Resampling.BICUBIC)
+        smooth = Image.fromarray(rng.integers(0, 256, (s // 16, s // 16)).astype(np.uint8)).resize(
+            (s, s), Image.Resampling.BICUBIC
+        )
         samples.append(("noise", f"smooth_noise:{k}", np.asarray(smooth)))
         angle = rng.uniform(0, 2 * np.pi)
         ramp = np.cos(angle) * xx + np.sin(angle) * yy
@@ -254,7 +282,10 @@ def detection_summary(kinds: list[str], rejected: np.ndarray) -> dict:
         "n": int(len(kinds)),
         "detection_rate": round(float(np.mean(rejected)), 4) if len(kinds) else None,
         "per_kind": {
-            kind: {"n": int((kinds_array == kind).sum()), "detection_rate": round(float(rejected[kinds_array == kind].mean()), 4)}
+            kind: {
+                "n": int((kinds_array == kind).sum()),
+                "detection_rate": round(float(rejected[kinds_array == kind].mean()), 4),
+            }
             for kind in sorted(set(kinds))
         },
     }

@@ -51,7 +51,10 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     if len(y) == 0:
         raise ValueError("cannot fit a temperature on no images")
     found = minimize_scalar(
-        lambda log_t: negative_log_likelihood(logits, y, math.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-5}
+        lambda log_t: negative_log_likelihood(logits, y, math.exp(log_t)),
+        bounds=LOG_T_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-5},
     )
     return float(math.exp(found.x))
 
@@ -70,16 +73,24 @@ class Temperature:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")  # JSON keeps a float exactly: predict uses the T evaluate used
+        path.write_text(
+            json.dumps(asdict(self), indent=2) + "\n"
+        )  # JSON keeps a float exactly: predict uses the T evaluate used
 
     @classmethod
     def load(cls, path: Path, checkpoint_sha256: str) -> "Temperature":
         """Read ``path`` and make sure it was fitted for the checkpoint with ``checkpoint_sha256``."""
         try:
             fields = json.loads(Path(path).read_text())
-            temperature = cls(value=float(fields["value"]), checkpoint_sha256=str(fields["checkpoint_sha256"]), fitted_on=str(fields["fitted_on"]))
+            temperature = cls(
+                value=float(fields["value"]),
+                checkpoint_sha256=str(fields["checkpoint_sha256"]),
+                fitted_on=str(fields["fitted_on"]),
+            )
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise TemperatureMismatch(f"{path} is not a temperature file written by the evaluate stage ({error})") from None
+            raise TemperatureMismatch(
+                f"{path} is not a temperature file written by the evaluate stage ({error})"
+            ) from None
         if not temperature.value > 0:
             raise TemperatureMismatch(f"{path}: temperature must be positive, got {temperature.value}")
         if temperature.checkpoint_sha256 != checkpoint_sha256:

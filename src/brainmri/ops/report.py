@@ -44,7 +44,20 @@ def write_report(repo: Path, base: str, out: Path) -> Path:
     params = run_dvc(repo, "params", "diff", base, "--md").strip() or "No params changed."
     metrics = run_dvc(repo, "metrics", "diff", base, "--md", "--precision", "4").strip() or "No metrics changed."
     plots = render_plots(repo, base, out.parent / "report_plots")
-    lines = [f"# Pipeline report: workspace vs `{base}`", "", "## Params", "", params, "", "## Metrics", "", metrics, "", "## Plots", ""]
+    lines = [
+        f"# Pipeline report: workspace vs `{base}`",
+        "",
+        "## Params",
+        "",
+        params,
+        "",
+        "## Metrics",
+        "",
+        metrics,
+        "",
+        "## Plots",
+        "",
+    ]
     for title, path in plots:
         lines += [f"### {title}", "", f"![{title}]({path.relative_to(out.parent)})", ""]
     out.write_text("\n".join(lines) + "\n")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from .dvc_run import run_dvc
 from ..pipeline import PROVENANCE
+from .dvc_run import run_dvc
 
 UP_TO_DATE = "Data and pipelines are up to date."
 
@@ -51,8 +51,11 @@ class StageCheck:
     def line(self) -> str:
         if self.reproduced:
             return f"{self.stage}: reproduced"
-        parts = [f"{name}: {', '.join(files[:5])}{' …' if len(files) > 5 else ''}" for name, files in
-                 (("changed", self.changed), ("missing", self.missing), ("added", self.added)) if files]
+        parts = [
+            f"{name}: {', '.join(files[:5])}{' …' if len(files) > 5 else ''}"
+            for name, files in (("changed", self.changed), ("missing", self.missing), ("added", self.added))
+            if files
+        ]
         return f"{self.stage}: DIFFERS ({'; '.join(parts)})"
 
 
@@ -163,8 +166,11 @@ def metrics_within_tolerance(repo: Path, paths: list[Path], tolerance: float = M
         if path.suffix != ".json" or not path.is_file() or committed is None:
             continue
         now, then = _rates(json.loads(path.read_text())), _rates(json.loads(committed))
-        off += [f"{relative}:{key} {then[key]:.3f}→{now[key]:.3f}" for key in sorted(now.keys() & then.keys())
-                if abs(now[key] - then[key]) > tolerance]
+        off += [
+            f"{relative}:{key} {then[key]:.3f}→{now[key]:.3f}"
+            for key in sorted(now.keys() & then.keys())
+            if abs(now[key] - then[key]) > tolerance
+        ]
     return off
 
 
@@ -199,10 +205,16 @@ def compare_with_committed(repo: Path, echo=print) -> bool:
         if not differs and not inputs:
             echo(f"{stage}: same as the committed lock")
             continue
-        what = "; ".join(f"{kind} {', '.join(files[:4])}" for kind, files in (("inputs", inputs), ("outputs", differs)) if files)
+        what = "; ".join(
+            f"{kind} {', '.join(files[:4])}" for kind, files in (("inputs", inputs), ("outputs", differs)) if files
+        )
         if stage in tolerant:
             off = metrics_within_tolerance(repo, paths)
-            verdict = "metrics OUT OF TOLERANCE: " + "; ".join(off[:5]) if off else f"metrics within {METRIC_TOLERANCE} of the committed"
+            verdict = (
+                "metrics OUT OF TOLERANCE: " + "; ".join(off[:5])
+                if off
+                else f"metrics within {METRIC_TOLERANCE} of the committed"
+            )
             echo(f"{stage}: differs from the committed lock ({what}) as expected off the pinned CPU path; {verdict}")
             ok &= not off
         else:

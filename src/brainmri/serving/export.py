@@ -104,7 +104,9 @@ def export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path, meta
     onnx.save(proto, str(path))
 
 
-def max_differences(model: ProbabilityModel, torchscript: Path, onnx_path: Path, batch: torch.Tensor) -> dict[str, float]:
+def max_differences(
+    model: ProbabilityModel, torchscript: Path, onnx_path: Path, batch: torch.Tensor
+) -> dict[str, float]:
     """Largest absolute probability difference of each export against PyTorch on ``batch``."""
     import onnxruntime
 
@@ -138,7 +140,9 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0, temperatur
     export_torchscript(model, example, paths["torchscript"], info)
     export_onnx(model, example, paths["onnx"], info)
     paths["meta"].write_text(json.dumps(info, indent=2) + "\n")
-    differences = max_differences(model, paths["torchscript"], paths["onnx"], torch.rand(5, 1, size, size, generator=generator))
+    differences = max_differences(
+        model, paths["torchscript"], paths["onnx"], torch.rand(5, 1, size, size, generator=generator)
+    )
     bad = {name: diff for name, diff in differences.items() if diff > TOLERANCE}
     if bad:
         raise ExportMismatch(f"exported probabilities differ from PyTorch by {bad} (tolerance {TOLERANCE})")

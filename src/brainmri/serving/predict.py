@@ -32,16 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..model.checkpoint import load_checkpoint
 from ..config import MergeConfig
 from ..core.imaging import BadImage, decode_image
-from ..model.inference import logits_and_features
 from ..core.preprocess import normalise_input
-from ..model.ood import NOT_MRI, OODCheck, file_sha256
-from ..model.temperature import Temperature, softmax
 from ..dataset.sources.base import reason
 from ..dataset.sources.safe_zip import BadArchive, MemberError, Refused, SafeZip
 from ..errors import UserError
+from ..model.checkpoint import load_checkpoint
+from ..model.inference import logits_and_features
+from ..model.ood import NOT_MRI, OODCheck, file_sha256
+from ..model.temperature import Temperature, softmax
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 LIMITS = MergeConfig(min_side=8)
@@ -78,7 +78,11 @@ def _read_file(path: Path) -> tuple[str, bytes | None, str]:
     try:
         size = path.stat().st_size
         if size > LIMITS.max_member_bytes:
-            return str(path), None, reason("oversize file", f"{size} bytes > max_member_bytes {LIMITS.max_member_bytes}")
+            return (
+                str(path),
+                None,
+                reason("oversize file", f"{size} bytes > max_member_bytes {LIMITS.max_member_bytes}"),
+            )
         return str(path), path.read_bytes(), ""
     except OSError as error:
         return str(path), None, reason("unreadable file", error.strerror or error)
@@ -102,7 +106,9 @@ def _zip_members(path: Path) -> Iterator[tuple[str, bytes | None, str]]:
                     yield name, None, str(error)
 
 
-def decoded_batches(inputs: list[Path], batch_size: int, skipped: list[dict]) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+def decoded_batches(
+    inputs: list[Path], batch_size: int, skipped: list[dict]
+) -> Iterator[tuple[list[str], list[np.ndarray]]]:
     """Batches of ``(names, grey images)``; every input that cannot be used is appended to ``skipped`` with its reason."""
     names, images = [], []
     for name, data, error in iter_inputs(inputs):
@@ -127,10 +133,16 @@ def load_ood_check(path: Path, checkpoint: Path) -> OODCheck:
     try:
         check = OODCheck.load(path)
     except KeyError as missing:  # e.g. a penultimate-layer-only check from before the per-block one
-        raise OODMismatch(f"{path} was written by another version of the check (no {missing}); rerun the evaluate stage") from None
-    except Exception as error:  # numpy raises OSError, ValueError (pickled objects refused), BadZipFile... on other files
+        raise OODMismatch(
+            f"{path} was written by another version of the check (no {missing}); rerun the evaluate stage"
+        ) from None
+    except (
+        Exception
+    ) as error:  # numpy raises OSError, ValueError (pickled objects refused), BadZipFile... on other files
         text = " ".join(str(error).split())[:120]
-        raise OODMismatch(f"{path}: not an out-of-distribution check written by the evaluate stage ({type(error).__name__}: {text})") from None
+        raise OODMismatch(
+            f"{path}: not an out-of-distribution check written by the evaluate stage ({type(error).__name__}: {text})"
+        ) from None
     if check.checkpoint_sha256 != file_sha256(checkpoint):
         raise OODMismatch(
             f"{path} was fitted for another checkpoint than {checkpoint}; pass the --ood file the evaluate "
@@ -162,10 +174,17 @@ def predict_paths(
     softmax). ``gradcam_dir``: write a Grad-CAM overlay of the predicted
     class for each accepted image there.
     """
-    protected = {"an input": inputs, "the checkpoint": [checkpoint], "the --ood file": [ood], "the --temperature file": [temperature]}
+    protected = {
+        "an input": inputs,
+        "the checkpoint": [checkpoint],
+        "the --ood file": [ood],
+        "the --temperature file": [temperature],
+    }
     staged = _prepare_output(out, protected)
     try:
-        result = _predict(inputs, checkpoint, staged, out.suffix.lower() == ".json", batch_size, ood, temperature, gradcam_dir)
+        result = _predict(
+            inputs, checkpoint, staged, out.suffix.lower() == ".json", batch_size, ood, temperature, gradcam_dir
+        )
         os.replace(staged, out)
     finally:
         staged.unlink(missing_ok=True)
@@ -180,7 +199,9 @@ def _prepare_output(out: Path, protected: dict[str, list[Path | None]]) -> Path:
     checkpoint or the fitted files, and a folder where no file can be created.
     """
     if out.exists() and not out.is_file():
-        raise PredictError(f"--out {out}: exists and is not a regular file (a folder or a device); give a .csv or .json file path")
+        raise PredictError(
+            f"--out {out}: exists and is not a regular file (a folder or a device); give a .csv or .json file path"
+        )
     target = out.resolve()
     for role, paths in protected.items():
         if any(path is not None and _covers(path, target) for path in paths):
@@ -218,7 +239,13 @@ def _predict(
     check = load_ood_check(ood, checkpoint) if ood is not None else None
     scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
     classes = list(meta.classes)
-    columns = ["file", "predicted", *(["ood_score"] if check else []), *[f"p_{c}" for c in classes], *(["gradcam"] if gradcam_dir else [])]
+    columns = [
+        "file",
+        "predicted",
+        *(["ood_score"] if check else []),
+        *[f"p_{c}" for c in classes],
+        *(["gradcam"] if gradcam_dir else []),
+    ]
     rows, skipped = [], []
     for names, decoded in decoded_batches(inputs, batch_size, skipped):
         images = [normalise_input(image, meta.preprocess) for image in decoded]  # the checkpoint's crop and intensity
@@ -234,26 +261,43 @@ def _predict(
             row.update({f"p_{c}": None if rejected[k] else round(float(proba[k, j]), 6) for j, c in enumerate(classes)})
             batch_rows.append(row)
         if gradcam_dir is not None:
-            _write_overlays(model, meta.image_size, images, proba, rejected, batch_rows, gradcam_dir, first_index=len(rows))
+            _write_overlays(
+                model, meta.image_size, images, proba, rejected, batch_rows, gradcam_dir, first_index=len(rows)
+            )
         rows.extend(batch_rows)
     if not rows:
         first = f" (first: {skipped[0]['file']}: {skipped[0]['error']})" if skipped else ""
-        raise PredictError(f"nothing readable to predict in {', '.join(map(str, inputs))}: {len(skipped)} file(s) skipped{first}")
+        raise PredictError(
+            f"nothing readable to predict in {', '.join(map(str, inputs))}: {len(skipped)} file(s) skipped{first}"
+        )
     if as_json:
         out.write_text(json.dumps({"predictions": rows, "skipped": skipped}, indent=2) + "\n")
     else:
-        table = pd.DataFrame(rows + [{"file": s["file"], "error": s["error"]} for s in skipped], columns=[*columns, "error"])
+        table = pd.DataFrame(
+            rows + [{"file": s["file"], "error": s["error"]} for s in skipped], columns=[*columns, "error"]
+        )
         table.to_csv(out, index=False)
     not_mri = sum(row["predicted"] == NOT_MRI for row in rows)
     return {"predicted": len(rows) - not_mri, "not_brain_mri": not_mri, "skipped": len(skipped)}
 
 
-def _write_overlays(model, image_size: int, images: list[np.ndarray], proba: np.ndarray, rejected: np.ndarray, rows: list[dict], gradcam_dir: Path, first_index: int) -> None:
+def _write_overlays(
+    model,
+    image_size: int,
+    images: list[np.ndarray],
+    proba: np.ndarray,
+    rejected: np.ndarray,
+    rows: list[dict],
+    gradcam_dir: Path,
+    first_index: int,
+) -> None:
     """Grad-CAM of the predicted class over each accepted image; rejected images have no class to explain."""
     from ..model.explain import gradcam_images, save_overlay
 
     accepted = [k for k in range(len(images)) if not rejected[k]]
-    cams, _ = gradcam_images(model, [images[k] for k in accepted], image_size, targets=[int(proba[k].argmax()) for k in accepted])
+    cams, _ = gradcam_images(
+        model, [images[k] for k in accepted], image_size, targets=[int(proba[k].argmax()) for k in accepted]
+    )
     for k, cam in zip(accepted, cams):
         path = gradcam_dir / _overlay_name(first_index + k, rows[k]["file"])
         save_overlay(path, images[k], cam)

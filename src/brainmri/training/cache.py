@@ -134,7 +134,9 @@ def steps_per_epoch(num_images: int, batch_size: int) -> int:
 def epoch_batches(num_images: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     """A seeded shuffle cut into ``steps_per_epoch`` batches; the remainder waits for the next epoch's shuffle."""
     order = np.random.default_rng([seed, epoch]).permutation(num_images)
-    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps_per_epoch(num_images, batch_size))]
+    return [
+        order[step * batch_size : (step + 1) * batch_size] for step in range(steps_per_epoch(num_images, batch_size))
+    ]
 
 
 def sequential_batches(num_images: int, batch_size: int) -> Iterator[slice]:
@@ -250,7 +252,9 @@ class BatchAugment:
         if cfg.hflip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
         if cfg.scale_min < 1:
-            steps.append(v2.RandomResizedCrop(image_size, scale=(cfg.scale_min, 1.0), ratio=CROP_ASPECT_RATIO, antialias=True))
+            steps.append(
+                v2.RandomResizedCrop(image_size, scale=(cfg.scale_min, 1.0), ratio=CROP_ASPECT_RATIO, antialias=True)
+            )
         if cfg.rotation_degrees > 0:
             steps.append(v2.RandomRotation(cfg.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=0))
         if cfg.brightness > 0 or cfg.contrast > 0:

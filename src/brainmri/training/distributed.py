@@ -46,7 +46,9 @@ class Dist:
     def shard(self, rows: np.ndarray) -> np.ndarray:
         """This rank's part of a batch's rows (all of them in one process)."""
         if len(rows) < self.world_size:
-            raise ValueError(f"a batch of {len(rows)} image(s) cannot be shared by {self.world_size} processes; raise batch_size")
+            raise ValueError(
+                f"a batch of {len(rows)} image(s) cannot be shared by {self.world_size} processes; raise batch_size"
+            )
         return rows[self.rank :: self.world_size]
 
     def all_sum(self, values: list[float]) -> list[float]:

@@ -26,8 +26,10 @@ from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 
-from brainmri.model.checkpoint import read_checkpoint, save_checkpoint
 from brainmri.config import CLASSES, AugmentConfig, InputConfig, TrainConfig
+from brainmri.core.portable import environment_fingerprint
+from brainmri.model.architectures import Classifier, build_model
+from brainmri.model.checkpoint import read_checkpoint, save_checkpoint
 from brainmri.training.cache import (
     BatchAugment,
     batch_seed,
@@ -39,8 +41,6 @@ from brainmri.training.cache import (
 )
 from brainmri.training.device import Runtime, runtime, select_device
 from brainmri.training.distributed import Dist, distributed
-from brainmri.model.architectures import Classifier, build_model
-from brainmri.core.portable import environment_fingerprint
 
 SGD_MOMENTUM = 0.9
 
@@ -179,7 +179,9 @@ class LRFactor:
         return True
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, epoch_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step ``LRFactor`` schedule over ``cfg.epochs`` epochs of ``epoch_steps`` steps."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRFactor(cfg, epoch_steps))
 
@@ -232,7 +234,9 @@ def _train_epoch(
     net.train()
     loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
     batches = epoch_batches(len(images), cfg.batch_size, seed, epoch)
-    progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not ranks.is_main)
+    progress = tqdm(
+        batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=not ranks.is_main
+    )
     for step, rows in enumerate(progress):
         rows = ranks.shard(np.sort(rows))  # ascending reads from the memory map; order within a batch does not matter
         x = augment(rt.to_device(torch.from_numpy(images[rows])), batch_seed(seed, epoch, step, ranks.rank))
@@ -314,8 +318,12 @@ def train_model(
     classes = list(classes)
     out_dir, live_dir = Path(out_dir), Path(live_dir)
     train_rows, val_rows = _split_rows(table, classes)
-    train_images = cached_images(train_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache train", spec=cfg.input)
-    val_images = cached_images(val_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache val", spec=cfg.input)
+    train_images = cached_images(
+        train_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache train", spec=cfg.input
+    )
+    val_images = cached_images(
+        val_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache val", spec=cfg.input
+    )
     train_labels = label_indices(train_rows["label"], classes)
     val_labels = label_indices(val_rows["label"], classes)
     cache_seconds = time.perf_counter() - started
@@ -350,8 +358,18 @@ def train_model(
                 set_trainable(model, cfg, state.epoch)
                 tick = time.perf_counter()
                 train_loss, train_accuracy, lr, seen = _train_epoch(
-                    ranks.wrap(model), train_images, train_labels, augment, criterion, optimizer, scheduler, rt, cfg, seed,
-                    state.epoch, ranks,
+                    ranks.wrap(model),
+                    train_images,
+                    train_labels,
+                    augment,
+                    criterion,
+                    optimizer,
+                    scheduler,
+                    rt,
+                    cfg,
+                    seed,
+                    state.epoch,
+                    ranks,
                 )
                 train_seconds += time.perf_counter() - tick
                 train_images_seen += seen
@@ -359,19 +377,29 @@ def train_model(
                 val_loss, val_accuracy = _val_pass(model, val_images, val_labels, rt, 2 * cfg.batch_size, ranks)
                 improved = state.end_epoch(val_loss, val_accuracy)
                 end_epoch_schedule(scheduler, val_loss)
-                epoch_metrics = {"train/loss": train_loss, "train/acc": train_accuracy, "val/loss": val_loss, "val/acc": val_accuracy, "lr": lr}
+                epoch_metrics = {
+                    "train/loss": train_loss,
+                    "train/acc": train_accuracy,
+                    "val/loss": val_loss,
+                    "val/acc": val_accuracy,
+                    "lr": lr,
+                }
                 if live is None:  # not rank 0: rank 0 logs and saves the same numbers and weights
                     continue
                 for name, value in epoch_metrics.items():
                     live.log_metric(name, value)
                 tqdm.write(
                     f"epoch {state.epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.3f} "
-                    f"| val loss {val_loss:.4f} acc {val_accuracy:.3f} | lr {lr:.2e}"
-                    + (" *" if improved else "")
+                    f"| val loss {val_loss:.4f} acc {val_accuracy:.3f} | lr {lr:.2e}" + (" *" if improved else "")
                 )
                 if improved:
                     save_checkpoint(best_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics})
-                save_checkpoint(last_path, model, **meta, extra={"epoch": state.epoch, **epoch_metrics, **_resume_state(optimizer, scheduler, state)})
+                save_checkpoint(
+                    last_path,
+                    model,
+                    **meta,
+                    extra={"epoch": state.epoch, **epoch_metrics, **_resume_state(optimizer, scheduler, state)},
+                )
                 live.next_step()
             summary = {
                 "device": str(device),
@@ -386,17 +414,26 @@ def train_model(
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
-            summary["environment"] = environment_fingerprint(str(device), torch.get_num_threads() if device.type == "cpu" else 0)
+            summary["environment"] = environment_fingerprint(
+                str(device), torch.get_num_threads() if device.type == "cpu" else 0
+            )
             if live is not None:
-                for name in ("best_epoch", "best_val_loss"):  # no timings: DVC metrics should change only with the model
+                for name in (
+                    "best_epoch",
+                    "best_val_loss",
+                ):  # no timings: DVC metrics should change only with the model
                     live.summary[name] = summary[name]
-                live.summary["kernels"] = summary["environment"]["kernels"]  # the same on every machine where the pin holds
+                live.summary["kernels"] = summary["environment"][
+                    "kernels"
+                ]  # the same on every machine where the pin holds
     return summary
 
 
 OPT_IN_SWITCHES = {
     "input": TrainConfig().input.model_dump(mode="json"),
-    "augment": {key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")},
+    "augment": {
+        key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")
+    },
 }
 """The issue-12 switches (``train.input``, scanner augmentations). At their off defaults they are left out of
 the params a checkpoint records, so a default run writes the same checkpoint bytes as before they existed."""
@@ -422,7 +459,9 @@ def _stop_early(state: _State, cfg: TrainConfig) -> bool:
     return cfg.patience > 0 and state.epochs_since_best >= cfg.patience
 
 
-def _resume_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, state: _State) -> dict:
+def _resume_state(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, state: _State
+) -> dict:
     """Everything beyond the weights that a resumed run needs to continue bit-for-bit (the CPU RNG drives dropout)."""
     return {
         "optimizer": optimizer.state_dict(),
@@ -432,7 +471,9 @@ def _resume_state(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sc
     }
 
 
-def _restore(path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: _State) -> None:
+def _restore(
+    path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: _State
+) -> None:
     """Load ``last.pt`` into the fresh objects; refuse one from other params, data or classes (it would not be a resume)."""
     payload = read_checkpoint(path)
     recorded = {**payload, "preprocess": InputConfig.model_validate(payload.get("preprocess", {}))}

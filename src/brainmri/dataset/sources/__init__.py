@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ...config import MergeConfig, SourceConfig
 from . import figshare_mat, image_folder
-from .base import MemberTask, Rejected, SourceImage, Skipped
+from .base import MemberTask, Rejected, Skipped, SourceImage
 from .safe_zip import BadArchive, SafeZip
 
 FORMATS = {"figshare_mat": figshare_mat, "image_folder": image_folder}
@@ -40,12 +40,16 @@ def plan_archive(archive: SafeZip, source_name: str, source: SourceConfig) -> It
     return FORMATS[source.format].plan(archive, source_name, source)
 
 
-def load_member(task: MemberTask, archive: SafeZip, source: SourceConfig, limits: MergeConfig) -> SourceImage | Rejected:
+def load_member(
+    task: MemberTask, archive: SafeZip, source: SourceConfig, limits: MergeConfig
+) -> SourceImage | Rejected:
     """Decode one planned member of ``archive`` (which must be the archive ``task`` was planned from)."""
     return FORMATS[source.format].load(task, archive, source, limits)
 
 
-def read_archive(path: Path, source_name: str, source: SourceConfig, limits: MergeConfig) -> Iterator[SourceImage | Rejected]:
+def read_archive(
+    path: Path, source_name: str, source: SourceConfig, limits: MergeConfig
+) -> Iterator[SourceImage | Rejected]:
     """Every image of one archive, decoded in this process, or the reason it was refused.
 
     Non-image members (directories, READMEs, box files) are not yielded; use

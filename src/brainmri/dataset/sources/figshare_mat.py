@@ -28,7 +28,7 @@ import numpy as np
 
 from ...config import MergeConfig, SourceConfig
 from ...core.imaging import BadImage, check_size, int16_to_uint8
-from .base import MemberTask, Rejected, SourceImage, Skipped, reason
+from .base import MemberTask, Rejected, Skipped, SourceImage, reason
 from .safe_zip import MemberError, Refused, SafeZip
 
 
@@ -74,7 +74,9 @@ def read_record(data: bytes, limits: MergeConfig) -> tuple[np.ndarray, str, str 
     try:
         handle = h5py.File(io.BytesIO(data), "r")
     except OSError:
-        raise BadMat(reason("not a MATLAB v7.3 file", "no HDF5 signature (corrupt, or an older .mat version)")) from None
+        raise BadMat(
+            reason("not a MATLAB v7.3 file", "no HDF5 signature (corrupt, or an older .mat version)")
+        ) from None
     with handle:
         try:
             return _read_cjdata(handle, limits)
@@ -111,7 +113,9 @@ def _dataset(handle: h5py.File, name: str, max_elements: int) -> h5py.Dataset | 
         if link is None:
             return None
         if not isinstance(link, h5py.HardLink):
-            raise BadMat(reason("refused .mat", f"{name} goes through a {type(link).__name__}, not data stored in the file"))
+            raise BadMat(
+                reason("refused .mat", f"{name} goes through a {type(link).__name__}, not data stored in the file")
+            )
         node = node[part]
     if not isinstance(node, h5py.Dataset):
         raise BadMat(reason("corrupt .mat", f"{name} is not a dataset"))

@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 
 from ...config import MergeConfig, SourceConfig
 from ...core.imaging import BadImage, decode_image
-from .base import Box, MemberTask, Rejected, SourceImage, Skipped, reason
+from .base import Box, MemberTask, Rejected, Skipped, SourceImage, reason
 from .safe_zip import Member, MemberError, Refused, SafeZip
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"})
@@ -58,7 +58,9 @@ def plan(archive: SafeZip, source_name: str, source: SourceConfig) -> Iterator[M
     """One record per member, in archive order (see the module docstring for the rules)."""
     members = list(archive.members())
     image_keys = {
-        _stem_key(m.name) for m in members if isinstance(m, Member) and not m.is_dir and _suffix(m.name) in IMAGE_SUFFIXES
+        _stem_key(m.name)
+        for m in members
+        if isinstance(m, Member) and not m.is_dir and _suffix(m.name) in IMAGE_SUFFIXES
     }
     boxes: dict[str, Box | None] = {}
     for member in members:
@@ -92,7 +94,9 @@ def _image_task(
     label = source.labels.get(folder)
     if label is None:
         known = ", ".join(sorted(source.labels))
-        return Rejected(source_name, original_path, reason("unknown folder", f"{folder!r} is not in the labels ({known})"))
+        return Rejected(
+            source_name, original_path, reason("unknown folder", f"{folder!r} is not in the labels ({known})")
+        )
     return MemberTask(source_name, archive.path, member.index, original_path, label, boxes.get(_stem_key(member.name)))
 
 
