@@ -18,8 +18,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from brainmri.config import load_config
+from brainmri.core.imaging import IMAGE_SUFFIXES
 from brainmri.dataset.merge import merge_sources
-from brainmri.dataset.sources.image_folder import BOX_SUFFIX, IMAGE_SUFFIXES
+from brainmri.dataset.sources.image_folder import BOX_SUFFIX
 
 
 def limited_copy(archive: Path, limit: int, target: Path) -> Path:

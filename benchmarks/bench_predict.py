@@ -29,12 +29,13 @@ import torch
 from PIL import Image
 
 from brainmri.config import CLASSES
+from brainmri.core.hashing import file_digest
 from brainmri.core.imaging import decode_image
 from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
 from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.explain import gradcam_images
 from brainmri.model.inference import logits_and_features
-from brainmri.model.ood import OODCheck, file_sha256, fit_ood
+from brainmri.model.ood import OODCheck, fit_ood
 from brainmri.serving.predict import LIMITS, predict_paths
 
 SIDE = 512
@@ -66,7 +67,7 @@ def _ood_file(checkpoint: Path, images: list[np.ndarray], folder: Path) -> Path:
     _, features = logits_and_features(model, images, meta.image_size)
     labels = np.arange(len(images)) % len(meta.classes)
     path = folder / f"{checkpoint.stem}.ood.npz"
-    fit_ood(features, labels, features, 0.99, file_sha256(checkpoint)).save(path)
+    fit_ood(features, labels, features, 0.99, file_digest(checkpoint)).save(path)
     return path
 
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from brainmri.config import EvaluateConfig
+from brainmri.core.hashing import file_digest
 from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, present_macro_f1
 from brainmri.model.architectures import build_model
 from brainmri.model.checkpoint import save_checkpoint
-from brainmri.model.ood import OODCheck, file_sha256
+from brainmri.model.ood import OODCheck
 from brainmri.model.temperature import Temperature
 from conftest import blob_image, write_grey_png
 
@@ -123,8 +124,8 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
 
     out = tmp_path / "evaluate"
     check = OODCheck.load(out / "ood.npz")
-    assert check.checkpoint_sha256 == file_sha256(checkpoint) and check.quantile == 0.9
-    assert Temperature.load(out / "temperature.json", file_sha256(checkpoint)).value == pytest.approx(
+    assert check.checkpoint_sha256 == file_digest(checkpoint) and check.quantile == 0.9
+    assert Temperature.load(out / "temperature.json", file_digest(checkpoint)).value == pytest.approx(
         calibration["temperature"], abs=1e-4
     )
     overlays = sorted(p.relative_to(out / "gradcam").as_posix() for p in (out / "gradcam").rglob("*.png"))

@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from brainmri.cli import app
+from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import to_model_input
 from brainmri.model.architectures import build_model
 from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.inference import logits_and_features
-from brainmri.model.ood import file_sha256
 from brainmri.model.temperature import Temperature, softmax
 from brainmri.serving.export import TOLERANCE
 
@@ -38,7 +38,7 @@ def exported(tmp_path_factory):
     save_checkpoint(
         checkpoint, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="v1"
     )
-    Temperature(TEMPERATURE, file_sha256(checkpoint)).save(folder / "temperature.json")
+    Temperature(TEMPERATURE, file_digest(checkpoint)).save(folder / "temperature.json")
     result = CliRunner().invoke(
         app,
         [

@@ -14,11 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from brainmri.cli import app
+from brainmri.core.hashing import file_digest
 from brainmri.core.imaging import decode_image
 from brainmri.model.architectures import build_model
 from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.inference import logits_and_features
-from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck, file_sha256
+from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck
 from brainmri.model.temperature import Temperature, softmax
 from brainmri.serving.predict import LIMITS, predict_paths
 
@@ -117,7 +118,7 @@ def _check_for(checkpoint: Path, accepted: np.ndarray, threshold: float) -> OODC
     model, meta = load_checkpoint(checkpoint)
     _, features = logits_and_features(model, [accepted], meta.image_size)
     blocks = tuple(LayerGaussian(f, np.eye(f.shape[1])) for f in features)
-    return OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), threshold, 0.99, file_sha256(checkpoint))
+    return OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), threshold, 0.99, file_digest(checkpoint))
 
 
 def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
@@ -146,7 +147,7 @@ def test_an_ood_check_of_an_older_format_is_refused_in_one_line(tmp_path, checkp
         precision=np.eye(4),
         threshold=1.0,
         quantile=0.99,
-        checkpoint_sha256=file_sha256(checkpoint),
+        checkpoint_sha256=file_digest(checkpoint),
     )
     image = tmp_path / "x.png"
     Image.fromarray(slice_like(0)).save(image)
@@ -201,7 +202,7 @@ def test_the_evaluate_stages_temperature_is_applied(tmp_path, checkpoint, monkey
     logits, _ = logits_and_features(
         model, [decode_image((tmp_path / "x.png").read_bytes(), "x", LIMITS)], meta.image_size
     )
-    Temperature(0.25, file_sha256(checkpoint)).save(tmp_path / "t.json")
+    Temperature(0.25, file_digest(checkpoint)).save(tmp_path / "t.json")
     result = CliRunner().invoke(
         app, ["predict", "x.png", "--model", str(checkpoint), "--no-ood", "--temperature", "t.json", "--out", "o.csv"]
     )

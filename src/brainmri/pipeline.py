@@ -7,13 +7,13 @@ name, which calls the function here. The paths written here are the ones
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from .config import Config
+from .core.hashing import file_digest
 from .core.portable import is_pinned
 
 METRICS_DIR = Path("metrics")
@@ -79,7 +79,7 @@ def run_split(cfg: Config) -> dict:
 
 def data_version(split_csv: Path) -> str:
     """The data a model was trained on, named by the hash of the split file."""
-    return "sha256:" + hashlib.sha256(split_csv.read_bytes()).hexdigest()
+    return "sha256:" + file_digest(split_csv)
 
 
 def run_train(cfg: Config) -> dict:

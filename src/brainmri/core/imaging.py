@@ -47,6 +47,9 @@ from ..config import MergeConfig
 PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP", "PPM")
 """The only decoders untrusted bytes are shown: the formats the sources use, not Pillow's rarer parsers."""
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"})
+"""File names taken as images, in archives and folders alike (lower-case; anything else is not an image)."""
+
 LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
 """The intensity window of ``int16_to_uint8``."""
 

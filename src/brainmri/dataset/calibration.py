@@ -47,10 +47,9 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from ..config import DedupConfig, MergeConfig
-from ..core.imaging import BadImage, decode_image, pixel_sha256
+from ..core.imaging import IMAGE_SUFFIXES, BadImage, decode_image, pixel_sha256
 from .dedup import cluster_ids, duplicate_pairs
 from .fingerprints import Fingerprints, core_frame, phash_bits, thumbnail
-from .sources.image_folder import IMAGE_SUFFIXES
 
 FAMILIES = ("resize", "jpeg", "rgb", "intensity", "crop", "combo")
 """The transform families of the positives; ``transform`` documents each one's parameter ranges."""

@@ -7,13 +7,13 @@ matches, so a half-written or corrupt archive never looks finished.
 
 from __future__ import annotations
 
-import hashlib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..core.hashing import file_digest
 from ..errors import UserError
 
 CHUNK = 1 << 20
@@ -21,15 +21,6 @@ CHUNK = 1 << 20
 
 class DownloadError(UserError, RuntimeError):
     """A download that cannot complete; the message names the URL and the reason."""
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in chunks so large archives do not load into memory."""
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_checksum(path: Path, md5: str | None = None, sha256: str | None = None) -> None:

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import FetchConfig, SourceConfig, SourceFile, SyntheticConfig
+from ..core.hashing import file_digest
 from ..errors import UserError
-from .download import DownloadError, download, file_digest, verify_checksum
+from .download import DownloadError, download, verify_checksum
 
 
 class FetchError(UserError, RuntimeError):

@@ -30,11 +30,12 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from ..config import EvaluateConfig, InputConfig
+from ..core.hashing import file_digest
 from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
 from ..model.checkpoint import load_checkpoint
 from ..model.explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
 from ..model.inference import logits_and_features, read_grey_png
-from ..model.ood import NOT_MRI, OODCheck, detection_summary, file_sha256, fit_ood, non_mri_images
+from ..model.ood import NOT_MRI, OODCheck, detection_summary, fit_ood, non_mri_images
 from ..model.temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
 from .metrics import (
     bootstrap_ci,
@@ -271,10 +272,10 @@ def evaluate_model(
     y = {split: members["label"].map(classes.index).to_numpy() for split, members in rows.items()}
 
     temperature = fit_temperature(logits["val"], y["val"]) if cfg.temperature_scaling and len(y["val"]) else 1.0
-    Temperature(temperature, file_sha256(checkpoint_path)).save(cfg.out_dir / "temperature.json")
+    Temperature(temperature, file_digest(checkpoint_path)).save(cfg.out_dir / "temperature.json")
     proba = {split: softmax(logits[split], temperature) for split in ("val", "test")}
 
-    check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_sha256(checkpoint_path))
+    check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_digest(checkpoint_path))
     check.save(cfg.out_dir / "ood.npz")
     non_mri = non_mri_images(seed)
     _, non_mri_features = logits_and_features(

@@ -330,8 +330,8 @@ def run_external(
     """Evaluate one external set with an existing checkpoint and what the evaluate stage fitted for it
     (``ood``, ``temperature``: None to go without); ``split_csv`` and the dedup stage's ``fingerprints``
     name the train/val images to check overlaps against. Writes ``metrics_path`` (JSON) and ``out_dir``."""
+    from ..core.hashing import file_digest
     from ..model.checkpoint import load_checkpoint
-    from ..model.ood import file_sha256
     from ..model.temperature import Temperature
     from ..serving.predict import load_ood_check
 
@@ -340,7 +340,7 @@ def run_external(
             raise FileNotFoundError(f"{path} not found (run the pipeline up to the evaluate stage, or pass its path)")
     model, meta = load_checkpoint(checkpoint)
     check = load_ood_check(ood, checkpoint) if ood is not None else None
-    scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
+    scale = Temperature.load(temperature, file_digest(checkpoint)).value if temperature is not None else 1.0
     table = pd.read_csv(split_csv, keep_default_na=False)
     known = table[table["split"].isin(["train", "val"])]
     reference = Fingerprints.load(fingerprints).subset(known["image_id"])

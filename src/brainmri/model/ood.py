@@ -37,7 +37,6 @@ refuse a check that belongs to another model.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -81,14 +80,6 @@ out on purpose: it is a synthetic head slice, closer to the demo phantoms than t
 
 GENERATED_PER_KIND = 4
 GENERATED_SIZE = 256
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

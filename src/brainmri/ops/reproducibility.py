@@ -22,7 +22,6 @@ compared with the committed ones instead, every rate in [0, 1] within
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core.hashing import file_digest
 from ..pipeline import PROVENANCE
 from .dvc_run import run_dvc
 
@@ -83,7 +83,7 @@ def snapshot(paths: list[Path], repo: Path) -> dict[str, str]:
     for root in paths:
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for file in files:
-            hashes[str(file.relative_to(repo))] = hashlib.sha256(file.read_bytes()).hexdigest()
+            hashes[str(file.relative_to(repo))] = file_digest(file)
     return hashes
 
 

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.hashing import file_digest
 from ..model.checkpoint import CheckpointMeta, load_checkpoint
 from ..model.inference import ProbabilityModel
-from ..model.ood import file_sha256
 from ..model.temperature import Temperature
 
 TOLERANCE = 1e-4
@@ -64,7 +64,7 @@ def _meta(meta: CheckpointMeta, checkpoint: Path, temperature: float) -> dict:
         "output": "probabilities: float32 [N, classes], softmax(logits / temperature), in the order of 'classes'",
         "temperature": temperature,
         "data_version": meta.data_version,
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint),
     }
 
 
@@ -129,7 +129,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0, temperatur
     checkpoint, divided into the logits before the softmax (none: ``T = 1``).
     """
     classifier, meta = load_checkpoint(checkpoint)
-    scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
+    scale = Temperature.load(temperature, file_digest(checkpoint)).value if temperature is not None else 1.0
     model = ProbabilityModel(classifier, scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = _meta(meta, checkpoint, scale)

@@ -33,17 +33,17 @@ import numpy as np
 import pandas as pd
 
 from ..config import MergeConfig
-from ..core.imaging import BadImage, decode_image
+from ..core.hashing import file_digest
+from ..core.imaging import IMAGE_SUFFIXES, BadImage, decode_image
 from ..core.preprocess import normalise_input
 from ..dataset.sources.base import reason
 from ..dataset.sources.safe_zip import BadArchive, MemberError, Refused, SafeZip
 from ..errors import UserError
 from ..model.checkpoint import load_checkpoint
 from ..model.inference import logits_and_features
-from ..model.ood import NOT_MRI, OODCheck, file_sha256
+from ..model.ood import NOT_MRI, OODCheck
 from ..model.temperature import Temperature, softmax
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 LIMITS = MergeConfig(min_side=8)
 """Prediction accepts smaller images than the curated set (min side 8) but keeps the bomb guards."""
 
@@ -143,7 +143,7 @@ def load_ood_check(path: Path, checkpoint: Path) -> OODCheck:
         raise OODMismatch(
             f"{path}: not an out-of-distribution check written by the evaluate stage ({type(error).__name__}: {text})"
         ) from None
-    if check.checkpoint_sha256 != file_sha256(checkpoint):
+    if check.checkpoint_sha256 != file_digest(checkpoint):
         raise OODMismatch(
             f"{path} was fitted for another checkpoint than {checkpoint}; pass the --ood file the evaluate "
             "stage wrote for this model, or --no-ood"
@@ -237,7 +237,7 @@ def _predict(
     """The work of ``predict_paths``, writing the table to ``out`` (a temporary file)."""
     model, meta = load_checkpoint(checkpoint)
     check = load_ood_check(ood, checkpoint) if ood is not None else None
-    scale = Temperature.load(temperature, file_sha256(checkpoint)).value if temperature is not None else 1.0
+    scale = Temperature.load(temperature, file_digest(checkpoint)).value if temperature is not None else 1.0
     classes = list(meta.classes)
     columns = [
         "file",

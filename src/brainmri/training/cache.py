@@ -38,6 +38,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from brainmri.config import AugmentConfig, InputConfig
+from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import NO_INPUT, prepare_grey
 
 BLUR_SIGMA_MIN = 0.1
@@ -45,10 +46,6 @@ BLUR_SIGMA_MIN = 0.1
 
 CROP_ASPECT_RATIO = (0.9, 1.1)
 """Random-resized-crop aspect range: slices are near square, and stronger stretching distorts anatomy."""
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def cache_key(table: pd.DataFrame, image_size: int, spec: InputConfig = NO_INPUT) -> str:
@@ -63,7 +60,7 @@ def cache_key(table: pd.DataFrame, image_size: int, spec: InputConfig = NO_INPUT
     if "sha256" in table.columns:
         hashes = [str(value) for value in table["sha256"]]
     else:
-        hashes = [_file_sha256(Path(path)) for path in paths]
+        hashes = [file_digest(path) for path in paths]
     key = {"image_size": int(image_size), "rows": list(zip(paths, hashes))}
     if spec != NO_INPUT:
         key["input"] = spec.model_dump(mode="json")

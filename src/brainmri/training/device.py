@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.portable import is_pinned
+from ..core.preprocess import uint8_batch_to_float
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -48,7 +49,7 @@ class Runtime:
         """Host uint8 batch → device float in [0, 1], channels_last (the uint8 copy is 4× smaller to transfer)."""
         if self.is_cuda:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+        return uint8_batch_to_float(batch).contiguous(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager

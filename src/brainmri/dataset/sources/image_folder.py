@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 from ...config import MergeConfig, SourceConfig
-from ...core.imaging import BadImage, decode_image
+from ...core.imaging import IMAGE_SUFFIXES, BadImage, decode_image
 from .base import Box, MemberTask, Rejected, Skipped, SourceImage, reason
 from .safe_zip import Member, MemberError, Refused, SafeZip
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"})
 BOX_SUFFIX = ".txt"
 
 
