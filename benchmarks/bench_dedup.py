@@ -29,8 +29,8 @@ import numpy as np
 
 from brainmri.config import load_config
 from brainmri.core.imaging import encode_png
-from brainmri.dataset.calibration import image_members, read_grey
 from brainmri.dataset.fingerprints import compute_fingerprints, hamming_pairs, hamming_pairs_scan
+from dedup_threshold_study import image_members, read_grey
 
 ARCHIVES = (
     "figshare-cheng2017-jpg.zip",

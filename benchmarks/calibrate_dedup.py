@@ -3,7 +3,7 @@ thresholds, and (with ``--archives``) duplicate counts within and across the rea
 
     python benchmarks/calibrate_dedup.py --mirror ../shared/datasets --archives
 
-The calibration set and the sweep are described in ``brainmri.dataset.calibration``. The thresholds are chosen
+The calibration set and the sweep are described in ``benchmarks/dedup_threshold_study.py``. The thresholds are chosen
 on one set (figshare files of even blocks of 100 numbers, Kaggle originals drawn with ``--seed``) and
 then measured, unchanged, on a held-out set (odd blocks, i.e. other patients, and other Kaggle
 originals): the held-out numbers are the ones to quote. Images are read from the
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from brainmri.config import DedupConfig
-from brainmri.dataset.calibration import (
+from dedup_threshold_study import (
     FAMILIES,
     Setting,
     archive_duplicates,

@@ -21,7 +21,7 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def calibration_line(calibration_path: Path, thresholds: dict) -> str:
+def threshold_study_line(calibration_path: Path, thresholds: dict) -> str:
     """The measured precision/recall of the dedup thresholds, if the calibration was run for these thresholds."""
     if not calibration_path.exists():
         return f"Dedup thresholds not calibrated ({calibration_path} missing: run benchmarks/calibrate_dedup.py)."
@@ -117,7 +117,7 @@ def write_datasheet(
         f"({dedup_report['pairs']['near']['across_sources']} across sources). "
         f"Label-conflict clusters: {dedup_report['label_conflicts']['clusters']} ({dedup_report['label_conflicts']['action']}).",
         "",
-        calibration_line(calibration_path, dedup_report["thresholds"]),
+        threshold_study_line(calibration_path, dedup_report["thresholds"]),
         "",
         "## Split",
         "",

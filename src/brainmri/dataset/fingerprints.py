@@ -14,7 +14,7 @@ Both are taken from the image's **core frame**, not from the whole canvas
 the intensity profiles of the image (``core_frame``): per axis, the window
 ``median ± frame_spread * IQR`` of where the bright mass lies, i.e. the middle
 of the head, wherever it sits on the canvas and however the canvas was
-stretched. Two things follow, both measured by ``brainmri.dataset.calibration``:
+stretched. Two things follow, both measured by ``benchmarks/dedup_threshold_study.py``:
 
 - copies that were cropped by a few per cent, padded, squashed to a square or
   moved keep nearly the same frame, so their fingerprints stay close (on the

@@ -1,4 +1,5 @@
-"""Measure the duplicate decision: precision and recall of ``hamming <= H and correlation >= C``.
+"""The dedup threshold study (research code of benchmarks/calibrate_dedup.py, not a pipeline stage): precision and
+recall of the duplicate decision ``hamming <= H and correlation >= C``.
 
 The dedup thresholds are chosen by measurement, not by feel. A calibration set
 is built from real images (read straight from the source archives):
@@ -46,10 +47,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from ..config import DedupConfig, MergeConfig
-from ..core.imaging import IMAGE_SUFFIXES, BadImage, decode_image, pixel_sha256
-from .dedup import cluster_ids, duplicate_pairs
-from .fingerprints import Fingerprints, core_frame, phash_bits, thumbnail
+from brainmri.config import DedupConfig, MergeConfig
+from brainmri.core.imaging import IMAGE_SUFFIXES, BadImage, decode_image, pixel_sha256
+from brainmri.dataset.dedup import cluster_ids, duplicate_pairs
+from brainmri.dataset.fingerprints import Fingerprints, core_frame, phash_bits, thumbnail
 
 FAMILIES = ("resize", "jpeg", "rgb", "intensity", "crop", "combo")
 """The transform families of the positives; ``transform`` documents each one's parameter ranges."""

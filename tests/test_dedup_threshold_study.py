@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from brainmri.config import DedupConfig
-from brainmri.dataset.calibration import (
+from conftest import blob_image
+from dedup_threshold_study import (
     FAMILIES,
     Setting,
     archive_duplicates,
@@ -25,7 +26,6 @@ from brainmri.dataset.calibration import (
     sweep,
     transform,
 )
-from conftest import blob_image
 
 
 def _head(rng: np.random.Generator, size: int = 96, inside: np.ndarray | None = None) -> np.ndarray:
