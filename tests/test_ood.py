@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainmri.model.ood import LayerGaussian, OODCheck, detection_summary, fit_ood, non_mri_images
+from brainmri.model.ood import LayerGaussian, OODCheck, detection_summary, fit_ood
+from brainmri.synthetic.non_mri import non_mri_images
 
 
 def clusters(rng: np.random.Generator, n: int, dims: int = 20) -> tuple[np.ndarray, np.ndarray]:

@@ -129,7 +129,7 @@ def fetch_sources(sources: dict[str, SourceConfig], cfg: FetchConfig, synthetic:
     cfg.out_dir.mkdir(parents=True)
     synthetic_files: dict[str, Path] = {}
     if any(source.synthetic for source in sources.values()):
-        from ..synthetic import write_demo_archives
+        from ..synthetic.archives import write_demo_archives
 
         synthetic_files = write_demo_archives(cfg.out_dir / "_synthetic", synthetic)
     fetched = [

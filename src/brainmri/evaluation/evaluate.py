@@ -35,8 +35,9 @@ from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input,
 from ..model.checkpoint import load_checkpoint
 from ..model.explain import gradcam_images, localisation, region_mask, save_overlay, summarise_localisation
 from ..model.inference import logits_and_features, read_grey_png
-from ..model.ood import NOT_MRI, OODCheck, detection_summary, fit_ood, non_mri_images
+from ..model.ood import NOT_MRI, OODCheck, detection_summary, fit_ood
 from ..model.temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
+from ..synthetic.non_mri import non_mri_images
 from .metrics import (
     bootstrap_ci,
     classification_metrics,
