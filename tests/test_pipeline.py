@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.dataset.split import UNSEEDED_FLAG
 from brainmri.ops.reproducibility import check_reproducibility
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,11 +202,24 @@ def test_off_the_pinned_path_the_metrics_are_compared_within_tolerance(pipeline)
         _commit_lock(pipeline)
 
 
-def test_reproducibility_check_fails_on_an_unseeded_split(pipeline, monkeypatch):
-    monkeypatch.setenv(UNSEEDED_FLAG, "1")
-    lines = []
-    assert not check_reproducibility(pipeline, echo=lines.append)
-    assert any(line.startswith("split: DIFFERS") for line in lines), lines
+UNSEEDED_SPLIT = """import os
+import brainmri.dataset.split as split_module
+seeded = split_module.assign_splits
+split_module.assign_splits = lambda labels, groups, ratios, seed: seeded(labels, groups, ratios, int.from_bytes(os.urandom(4)))
+"""
+"""Put into the scratch project's split stage script: a split that draws a new seed on every run."""
+
+
+def test_reproducibility_check_fails_on_an_unseeded_split(pipeline):
+    stage = pipeline / "stages" / "split.py"
+    original = stage.read_text()
+    stage.write_text(original.replace("from brainmri.cli import app", UNSEEDED_SPLIT + "from brainmri.cli import app"))
+    try:
+        lines = []
+        assert not check_reproducibility(pipeline, echo=lines.append)
+        assert any(line.startswith("split: DIFFERS") for line in lines), lines
+    finally:
+        stage.write_text(original)
 
 
 def test_remote_round_trip(pipeline, tmp_path):

@@ -44,8 +44,6 @@ from .fingerprints import Fingerprints, confirmed_pairs
 from .linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
 
 SPLITS = ("train", "val", "test")
-UNSEEDED_FLAG = "BRAINMRI_TEST_UNSEEDED_SPLIT"
-"""Test-only: set to 1 to drop the seed from the split, so tests can show the reproducibility check fails."""
 
 
 class LeakageError(UserError, RuntimeError):
@@ -107,7 +105,7 @@ def grouping(
 def assign_splits(labels: pd.Series, groups: np.ndarray, ratios: dict[str, float], seed: int) -> np.ndarray:
     """Greedy stratified group assignment; returns the split name per row."""
     counts = pd.crosstab(groups, labels.to_numpy())
-    rng = np.random.default_rng(None if os.environ.get(UNSEEDED_FLAG) == "1" else seed)
+    rng = np.random.default_rng(seed)
     shuffled = counts.index.to_numpy()[rng.permutation(len(counts))]
     sizes = counts.loc[shuffled].sum(axis=1).to_numpy()
     order = shuffled[np.argsort(-sizes, kind="stable")]
