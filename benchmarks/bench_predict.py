@@ -31,7 +31,7 @@ from PIL import Image
 from brainmri.config import CLASSES
 from brainmri.core.hashing import file_digest
 from brainmri.core.imaging import decode_image
-from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
+from brainmri.model.architectures import MODELS, build_model
 from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.explain import gradcam_images
 from brainmri.model.inference import logits_and_features
@@ -54,7 +54,7 @@ def _slice(rng: np.random.Generator) -> np.ndarray:
 def _checkpoint(name: str, folder: Path) -> Path:
     path = folder / f"{name}.pt"
     model = build_model(name, len(CLASSES), pretrained=False)
-    size = DEFAULT_IMAGE_SIZE[name]
+    size = MODELS[name].image_size
     save_checkpoint(
         path, model, model_name=name, classes=list(CLASSES), image_size=size, params={}, data_version="benchmark"
     )
@@ -122,7 +122,7 @@ def measure(checkpoint: Path, folder: Path, images: int, repeats: int, batch_siz
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["small_cnn"], choices=sorted(DEFAULT_IMAGE_SIZE))
+    parser.add_argument("--models", nargs="+", default=["small_cnn"], choices=sorted(MODELS))
     parser.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead of fresh models")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: every core)")
     parser.add_argument("--images", type=int, default=128, help="images in the batch-throughput folder")

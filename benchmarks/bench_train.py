@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from brainmri.config import CLASSES, MODEL_NAMES, TrainConfig
-from brainmri.model.architectures import DEFAULT_IMAGE_SIZE, build_model
+from brainmri.model.architectures import MODELS, build_model
 from brainmri.training.device import runtime, select_device
 from brainmri.training.train import make_optimizer, predict_logits, train_model
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            size = DEFAULT_IMAGE_SIZE[name]
+            size = MODELS[name].image_size
             with runtime(device, args.threads) as rt:
                 train_rate, infer_rate = model_rates(name, size, args.batch_size, args.repeats, rt)
             folder = Path(tmp) / name

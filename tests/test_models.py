@@ -12,7 +12,7 @@ from sklearn.datasets import load_sample_image
 from brainmri.config import MODEL_NAMES
 from brainmri.core.preprocess import to_model_input
 from brainmri.model.architectures import (
-    DEFAULT_IMAGE_SIZE,
+    MODELS,
     ModelError,
     PretrainedWeightsUnavailable,
     build_model,
@@ -53,7 +53,7 @@ def temple_grey() -> np.ndarray:
 
 def test_model_names_match_the_config():
     """Every name builds (the parametrised tests below build each one); an unknown one is a ModelError."""
-    assert set(MODEL_NAMES) == set(DEFAULT_IMAGE_SIZE)
+    assert MODEL_NAMES == tuple(MODELS)
     with pytest.raises(ModelError, match="unknown model"):
         build_model("resnet9000", 4, pretrained=False)
 

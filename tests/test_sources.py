@@ -19,9 +19,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainmri.config import MergeConfig, SourceConfig
+from brainmri.config import SOURCE_FORMATS, MergeConfig, SourceConfig
 from brainmri.core.imaging import BadImage, decode_image, encode_png, int16_to_uint8, pixel_sha256
-from brainmri.dataset.sources import MemberTask, Rejected, SafeZip, Skipped, SourceImage, plan_archive, read_archive
+from brainmri.dataset.sources import (
+    FORMATS,
+    MemberTask,
+    Rejected,
+    SafeZip,
+    Skipped,
+    SourceImage,
+    plan_archive,
+    read_archive,
+)
 from brainmri.dataset.sources.image_folder import parse_yolo_box
 from brainmri.dataset.sources.safe_zip import MemberError
 from conftest import write_zip
@@ -329,3 +338,7 @@ def test_tasks_are_small_and_picklable(tmp_path):
     with SafeZip(path, LIMITS.max_member_bytes) as archive:
         (task,) = plan_archive(archive, "src", FIGSHARE)
     assert isinstance(task, MemberTask) and pickle.loads(pickle.dumps(task)) == task
+
+
+def test_the_config_knows_exactly_the_source_formats_there_are_readers_for():
+    assert SOURCE_FORMATS == tuple(FORMATS)

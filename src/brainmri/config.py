@@ -23,6 +23,8 @@ EXTRA_LABELS: tuple[str, ...] = ("tumor_unknown",)
 """Labels a source may carry that are not one of the four classes (Br35H ``yes``)."""
 
 SOURCE_FORMATS = ("figshare_mat", "image_folder")
+"""The keys of ``brainmri.dataset.sources.FORMATS`` (one reader module each), listed here so params validate
+without importing the readers; tests/test_sources.py checks that the two agree."""
 SYNTHETIC_KINDS = ("figshare", "kaggle", "sartaj", "br35h")
 MODEL_NAMES = (
     "small_cnn",
@@ -35,6 +37,8 @@ MODEL_NAMES = (
     "convnext_tiny",
     "vgg16",
 )
+"""The names of ``brainmri.model.architectures.MODELS`` (the registry: builder, input size, normalisation), listed
+here so params validate without importing torch; tests/test_models.py checks that the two agree."""
 
 
 BUILD_DIR = Path("build")

@@ -32,6 +32,7 @@ Every ``Classifier`` also lists its trunk ``blocks`` (input to output) and its
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,19 +41,6 @@ from ..errors import UserError
 
 SMALL_CNN_WIDTHS: tuple[int, ...] = (24, 48, 96, 192)
 """Stem width, then one stage per further width: ~120 train img/s at 96 px on 2 CPU cores (benchmarks/bench_train.py)."""
-
-DEFAULT_IMAGE_SIZE: dict[str, int] = {
-    "small_cnn": 96,
-    "efficientnet_lite0": 224,
-    "efficientnet_lite1": 240,
-    "efficientnet_lite2": 260,
-    "resnet18": 224,
-    "resnet50": 224,
-    "efficientnet_b0": 224,
-    "convnext_tiny": 224,
-    "vgg16": 224,
-}
-"""The size each model is meant for (benchmarks use it; training uses ``TrainConfig.image_size``)."""
 
 EFFNET_LITE0_STAGE_REPEATS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
 """Blocks per stage of EfficientNet-Lite0; maps the flat lukemelas block index to timm's (stage, block)."""
@@ -352,26 +340,38 @@ def _vgg16(num_classes: int, pretrained: bool) -> Classifier:
     )
 
 
-_BUILDERS: dict[str, Callable[[int, bool], Classifier]] = {
-    "small_cnn": _small_cnn,
-    "efficientnet_lite0": _efficientnet_lite(0),
-    "efficientnet_lite1": _efficientnet_lite(1),
-    "efficientnet_lite2": _efficientnet_lite(2),
-    "resnet18": _resnet("resnet18"),
-    "resnet50": _resnet("resnet50"),
-    "efficientnet_b0": _efficientnet_b0,
-    "convnext_tiny": _convnext_tiny,
-    "vgg16": _vgg16,
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the model registry: how to build the model, and the input size it is meant for."""
+
+    build: Callable[[int, bool], Classifier]
+    """``(num_classes, pretrained)`` → the classifier, normalisation of its weights included."""
+    image_size: int
+    """The size the model is meant for (benchmarks use it; training uses ``TrainConfig.image_size``)."""
+
+
+MODELS: dict[str, ModelSpec] = {
+    "small_cnn": ModelSpec(_small_cnn, 96),
+    "efficientnet_lite0": ModelSpec(_efficientnet_lite(0), 224),
+    "efficientnet_lite1": ModelSpec(_efficientnet_lite(1), 240),
+    "efficientnet_lite2": ModelSpec(_efficientnet_lite(2), 260),
+    "resnet18": ModelSpec(_resnet("resnet18"), 224),
+    "resnet50": ModelSpec(_resnet("resnet50"), 224),
+    "efficientnet_b0": ModelSpec(_efficientnet_b0, 224),
+    "convnext_tiny": ModelSpec(_convnext_tiny, 224),
+    "vgg16": ModelSpec(_vgg16, 224),
 }
+"""The one model registry: ``config.MODEL_NAMES`` (validated without loading torch) lists the same names, in this
+order, which tests/test_models.py checks."""
 
 
 def build_model(name: str, num_classes: int, pretrained: bool) -> Classifier:
     """A classifier taking ``[N, 1, S, S]`` in [0, 1] and returning ``[N, num_classes]`` logits."""
-    if name not in _BUILDERS:
-        raise ModelError(f"unknown model {name!r} (known: {', '.join(_BUILDERS)})")
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
     if num_classes < 2:
         raise ModelError(f"num_classes must be at least 2, got {num_classes}")
-    return _BUILDERS[name](num_classes, pretrained)
+    return MODELS[name].build(num_classes, pretrained)
 
 
 def gradcam_layer(model: Classifier) -> nn.Module:

@@ -6,7 +6,7 @@ metadata only: every member becomes a ``MemberTask``, ``Skipped`` or
 into a ``SourceImage`` or ``Rejected``). ``read_archive`` chains the two in
 one process; ``brainmri.dataset.merge`` runs the loads in a process pool. Adding a
 format means adding one module with these two functions and one entry in
-``FORMATS`` (and in ``config.SOURCE_FORMATS``).
+``FORMATS`` (and in ``config.SOURCE_FORMATS``, which a test keeps equal).
 """
 
 from __future__ import annotations
