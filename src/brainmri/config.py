@@ -190,21 +190,12 @@ class DedupConfig(_Strict):
     Two images are duplicates when their pixels are identical, or when the pHashes of their core
     frames are within ``max_hamming`` bits *and* their grey thumbnails correlate at least
     ``min_correlation``. The defaults were chosen by measurement on real images, with
-    ``python benchmarks/calibrate_dedup.py --archives`` (``metrics/dedup_calibration.json``): of 40
-    settings (whole image or core frame of spread 0.6-1.0, 64- or 256-bit hash, thumbnails 16-64)
-    and a grid of thresholds, this one clears precision 0.99 and recall 0.98 by the widest margin
-    (spreads 0.6 and 0.8 come within 0.0002 of it). Measured unchanged on a held-out set (other
-    patients, other originals) of 4,200 known copies of 600 real slices (resized, JPEG q50-95, RGB
-    round trip, brightness/contrast, 2-5% crops, and combinations) and 4,082 distinct pairs (1,482
-    neighbouring figshare slices, 600 look-alikes, 2,000 random): precision 0.997, recall 0.990
-    (crops 0.975, combinations 0.977, resizing 0.998, the rest 1.0); the false merges are
-    neighbouring slices of one scan (0.7% of them). On the calibration set the whole-image
-    fingerprints used before (256-bit hash within 40, 32x32 thumbnail at 0.97) measure precision
-    0.964 and recall 0.626: they miss cropped and re-framed copies and merge neighbouring slices,
-    whose shared skull outline dominates a whole-image thumbnail. A 64-bit hash at radius 8 is what
-    the pair index searches fast (1M hashes in ~20 s, ``benchmarks/bench_dedup.py``); 256-bit
-    hashes at the radius searched as fast (32) do no better (recall at precision 0.99: 0.983 at
-    best, against 0.990 here).
+    ``python benchmarks/calibrate_dedup.py --archives``: the setting and thresholds that clear the
+    precision and recall goals by the widest margin. A core frame rather than the whole image: the
+    shared skull outline of neighbouring slices dominates a whole-image thumbnail, and crops move it.
+    A 64-bit hash: it is what the pair index searches fast, and longer hashes did no better. The
+    measured numbers are in ``metrics/dedup_calibration.json`` and README ("How the dedup thresholds
+    were chosen"); the datasheet quotes them for the thresholds in use.
     """
 
     out_dir: Path = Path("build/dedup")

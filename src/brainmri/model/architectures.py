@@ -40,7 +40,7 @@ from torch import nn
 from ..errors import UserError
 
 SMALL_CNN_WIDTHS: tuple[int, ...] = (24, 48, 96, 192)
-"""Stem width, then one stage per further width: ~120 train img/s at 96 px on 2 CPU cores (benchmarks/bench_train.py)."""
+"""Stem width, then one stage per further width: fast on a CPU at 96 px (speed: benchmarks/bench_train.py)."""
 
 EFFNET_LITE0_STAGE_REPEATS: tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
 """Blocks per stage of EfficientNet-Lite0; maps the flat lukemelas block index to timm's (stage, block)."""

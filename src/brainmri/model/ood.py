@@ -14,11 +14,9 @@ be singular.
 
 Why every block and not only the penultimate layer: the last layer has
 learnt what tells the four classes apart, and a smooth gradient or a page of
-text can land near a class mean there (measured on the real mirror with
-EfficientNet-Lite0: 52% of non-MRI pictures detected, gradients and
-screenshots 0%), while early and middle blocks still describe texture and
-layout, where such pictures are far from any MRI slice (100% detected at the
-same 1% false rejection). Each block's distance is standardised by its mean
+text can land near a class mean there, while early and middle blocks still
+describe texture and layout, where such pictures are far from any MRI slice
+(README, "The stages", has the measured detection rates). Each block's distance is standardised by its mean
 and standard deviation over the **validation** images and the score is the
 average over blocks, so no block dominates because of its dimension.
 
