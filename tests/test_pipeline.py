@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from brainmri.ops.reproducibility import check_reproducibility
+from test_stage_deps import covered, module_path, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -55,11 +57,44 @@ def make_project(where: Path) -> Path:
     return repo
 
 
+IMPORT_LOG = "first_repro_imports.log"
+"""Beside the scratch project: the first ``dvc repro``'s output, with every stage's imports (``-X importtime``)."""
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     repo = make_project(tmp_path_factory.mktemp("e2e"))
-    run(["dvc", "repro"], repo)
+    full_env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run(
+        ["dvc", "repro"],
+        cwd=repo,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )  # one stream, so each stage's imports follow its "Running stage" line
+    assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-6000:]}"
+    (repo.parent / IMPORT_LOG).write_text(result.stdout)
     return repo
+
+
+def test_every_module_a_stage_imported_is_one_of_its_dependencies(pipeline):
+    """The runtime side of tests/test_stage_deps.py: what each stage really imported is in its dvc.yaml deps."""
+    imported: dict[str, set[str]] = {}
+    stage = None
+    for line in (pipeline.parent / IMPORT_LOG).read_text().splitlines():
+        if match := re.match(r"Running stage '(\S+)'", line):
+            stage = imported.setdefault(match.group(1), set())
+        elif (match := re.match(r"import time:.*\|\s+(brainmri\S*)$", line)) and stage is not None:
+            stage.add(match.group(1))
+    assert set(imported) == {"fetch", "merge", "dedup", "split", "train", "evaluate"}
+    for name, modules in imported.items():
+        deps = [str(dep) for dep in stages()[name]["deps"]]
+        files = [module_path(module) for module in modules]
+        assert len(files) > 5 and all(files), (name, modules)
+        missing = sorted(str(f.relative_to(ROOT)) for f in files if not covered(f, deps))
+        assert not missing, f"stage {name} imported these files, which dvc.yaml does not list as its deps: {missing}"
 
 
 def test_pipeline_writes_metrics_and_plots(pipeline):
