@@ -97,21 +97,43 @@ def digest(root: Path) -> dict[str, str]:
     }
 
 
-def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
-    table, checkpoint = make_project(tmp_path)
-    summary = run(tmp_path, table, checkpoint, reports=True)
-    assert set(summary) == {"val", "test", "ood"}
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> tuple[Path, pd.DataFrame, Path, dict]:
+    """One evaluate run on the blob project, with the dedup and split reports: (root, table, checkpoint, summary)."""
+    import torch
 
-    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
-    located = metrics["localisation"]
+    root = tmp_path_factory.mktemp("evaluate")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one_torch_thread, for the module's shared run
+    try:
+        table, checkpoint = make_project(root)
+        return root, table, checkpoint, run(root, table, checkpoint, reports=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_evaluate_writes_metrics_with_localisation_where_a_region_is_known(evaluated):
+    root, _, _, summary = evaluated
+    assert set(summary) == {"val", "test", "ood"}
+    located = json.loads((root / "metrics" / "metrics.json").read_text())["localisation"]
     assert set(located) == {"glioma", "meningioma", "pituitary", "all"}  # no region is known for no_tumor
     assert located["all"]["n"] == 9 and 0 < located["all"]["chance"] < 0.2
-    ood = metrics["ood"]
+
+
+def test_evaluate_fits_and_saves_the_ood_check_for_its_checkpoint(evaluated):
+    root, _, checkpoint, _ = evaluated
+    ood = json.loads((root / "metrics" / "metrics.json").read_text())["ood"]
     assert (
         ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
     )
     assert ood["non_mri"]["n"] > 30 and 0 <= ood["non_mri"]["detection_rate"] <= 1
+    check = OODCheck.load(root / "evaluate" / "ood.npz")
+    assert check.checkpoint_sha256 == file_digest(checkpoint) and check.quantile == 0.9
 
+
+def test_evaluate_reports_calibrated_probabilities_with_the_temperature_fitted_on_val(evaluated):
+    root, _, checkpoint, _ = evaluated
+    metrics = json.loads((root / "metrics" / "metrics.json").read_text())
     calibration = metrics["calibration"]
     assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0
     assert calibration["val"]["log_loss_calibrated"] <= calibration["val"]["log_loss_uncalibrated"], (
@@ -121,13 +143,13 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
         "reported test metrics are calibrated"
     )
     assert calibration["test"]["log_loss_calibrated"] == pytest.approx(metrics["test"]["log_loss"], abs=1e-3)
-
-    out = tmp_path / "evaluate"
-    check = OODCheck.load(out / "ood.npz")
-    assert check.checkpoint_sha256 == file_digest(checkpoint) and check.quantile == 0.9
-    assert Temperature.load(out / "temperature.json", file_digest(checkpoint)).value == pytest.approx(
+    assert Temperature.load(root / "evaluate" / "temperature.json", file_digest(checkpoint)).value == pytest.approx(
         calibration["temperature"], abs=1e-4
     )
+
+
+def test_evaluate_writes_gradcam_overlays_figures_and_predictions(evaluated):
+    out = evaluated[0] / "evaluate"
     overlays = sorted(p.relative_to(out / "gradcam").as_posix() for p in (out / "gradcam").rglob("*.png"))
     assert overlays and all(
         p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays
@@ -138,7 +160,9 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     predictions = pd.read_csv(out / "predictions.csv")
     assert {"ood_score", "ood_verdict"} <= set(predictions.columns) and len(predictions) == 24
 
-    card = (out / "MODEL_CARD.md").read_text()
+
+def test_evaluate_writes_a_model_card_from_what_it_measured(evaluated):
+    card = (evaluated[0] / "evaluate" / "MODEL_CARD.md").read_text()
     for heading in (
         "## Intended use",
         "## Data",
@@ -153,9 +177,12 @@ def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
     )
     assert "[95% CI]" in card and "source_a" in card and "temperature-scaled" in card
 
-    first = digest(tmp_path)
-    run(tmp_path, table, checkpoint, reports=True)
-    assert digest(tmp_path) == first, "evaluate outputs must be byte-identical on a rerun"
+
+def test_evaluate_reruns_byte_for_byte(evaluated):
+    root, table, checkpoint, _ = evaluated
+    first = digest(root)
+    run(root, table, checkpoint, reports=True)
+    assert digest(root) == first, "evaluate outputs must be byte-identical on a rerun"
 
 
 def test_card_without_reports_says_so(tmp_path):
