@@ -11,7 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from brainmri.config import CLASSES as CONFIG_CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
+CLASSES = list(CONFIG_CLASSES)
+"""The four classes in the model's output order, from config: what tests build tables and checkpoints with."""
 
 
 @pytest.fixture(scope="session")

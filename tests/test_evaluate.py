@@ -18,10 +18,7 @@ from brainmri.model.architectures import build_model
 from brainmri.model.checkpoint import save_checkpoint
 from brainmri.model.ood import OODCheck
 from brainmri.model.temperature import Temperature
-from conftest import blob_image, write_grey_png
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
-
+from conftest import CLASSES, blob_image, write_grey_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

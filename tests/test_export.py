@@ -19,8 +19,8 @@ from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.temperature import Temperature, softmax
 from brainmri.serving.export import TOLERANCE
+from conftest import CLASSES
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32
 TEMPERATURE = 0.5
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")

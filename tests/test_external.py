@@ -22,10 +22,9 @@ from brainmri.dataset.fingerprints import compute_fingerprints
 from brainmri.evaluation.evaluate import evaluate_model
 from brainmri.evaluation.external import external_metrics, patient_of, read_external, run_external
 from brainmri.evaluation.metrics import bootstrap_intervals
-from conftest import ROOT, blob_image, write_grey_png, write_zip
+from conftest import CLASSES, ROOT, blob_image, write_grey_png, write_zip
 from test_evaluate import make_project
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 G, M, N, P = (np.eye(4)[k] for k in range(4))
 
 

@@ -19,7 +19,7 @@ import pytest
 from brainmri.config import MergeConfig, SourceConfig
 from brainmri.dataset.merge import MergeError, merge_sources
 from brainmri.dataset.sources.figshare_mat import BadMat, read_record
-from conftest import write_zip
+from conftest import CLASSES, write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=5_000_000)
 MATS = SourceConfig(format="figshare_mat", files=[{"name": "mats.zip"}], labels={"1": "meningioma", "2": "glioma"})
@@ -241,8 +241,6 @@ def test_params_that_are_not_a_text_file_are_one_line(tmp_path, kind):
 
 
 # --- predict: checkpoints, fitted files, --out and inputs from strangers ------------------------------------------
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
 @pytest.fixture

@@ -37,11 +37,10 @@ from brainmri.training.cache import (
     cached_images,
 )
 from brainmri.training.train import recorded_params, train_model
-from conftest import write_grey_png
+from conftest import CLASSES, write_grey_png
 
 HEAD = InputConfig(crop="head")
 BOTH = InputConfig(crop="head", intensity="percentile")
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 HEAD_ROWS, HEAD_COLUMNS = (70, 190), (60, 160)  # the phantom's head: an ellipse filling this box
 
 

@@ -9,8 +9,7 @@ from brainmri.evaluation.metrics import (
     expected_calibration_error,
     tumour_detection,
 )
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+from conftest import CLASSES
 
 
 def one_hot_proba(predicted, confidence=0.7, k=4):

@@ -22,8 +22,8 @@ from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck
 from brainmri.model.temperature import Temperature, softmax
 from brainmri.serving.predict import LIMITS, predict_paths
+from conftest import CLASSES
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32
 
 

@@ -7,9 +7,7 @@ from brainmri.dataset.dedup import deduplicate
 from brainmri.dataset.fingerprints import Fingerprints
 from brainmri.dataset.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
 from brainmri.dataset.split import LeakageError, audit, check_leakage, make_split
-from conftest import blob_image, write_grey_png
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+from conftest import CLASSES, blob_image, write_grey_png
 
 
 @pytest.fixture(scope="module")
