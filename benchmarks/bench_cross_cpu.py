@@ -8,7 +8,7 @@ at AVX2, MKL restricted to AVX2, another thread count, one core. It prints
 the sha256 of the trained weights (``model.pt``'s tensors; the file also
 holds the params, whose paths and thread count the variants change) and the
 training time. Unpinned variants differ; the pinned ones
-(``brainmri.portable``) with the same thread count give the same weights.
+(``brainmri.core.portable``) with the same thread count give the same weights.
 
     python benchmarks/bench_cross_cpu.py --epochs 1
     python benchmarks/bench_cross_cpu.py --only "1 thread"      # the speed cost, least disturbed by other jobs
@@ -17,6 +17,7 @@ training time. Unpinned variants differ; the pinned ones
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from brainmri.portable import OPT_OUT, PINNED_ENV
+from brainmri.core.portable import OPT_OUT, PINNED_ENV
 
 AVX2_ONLY_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 """What a CPU without AVX-512 (e.g. Zen 2, Haswell-Broadwell Xeon) would run, as far as the libraries let us say so."""
@@ -65,16 +66,18 @@ def train_once(params: Path, threads: int, epochs: int | None, out: Path) -> dic
     import pandas as pd
     import torch
 
-    from brainmri.checkpoint import read_checkpoint
     from brainmri.config import load_config
-    from brainmri.train import train_model
+    from brainmri.model.checkpoint import read_checkpoint
+    from brainmri.training.train import train_model
 
     cfg = load_config(params)
     update = {"num_threads": threads, "out_dir": out / "model", **({"epochs": epochs} if epochs else {})}
     train_cfg = cfg.train.model_copy(update=update)
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
     started = time.perf_counter()
-    summary = train_model(table, train_cfg, seed=cfg.seed, out_dir=train_cfg.out_dir, live_dir=out / "live", data_version="bench")
+    summary = train_model(
+        table, train_cfg, seed=cfg.seed, out_dir=train_cfg.out_dir, live_dir=out / "live", data_version="bench"
+    )
     return {
         "sha256": weights_sha256(read_checkpoint(train_cfg.out_dir / "model.pt")["state_dict"]),
         "seconds": round(time.perf_counter() - started, 1),
@@ -103,12 +106,21 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--params", str(args.params), "--child", str(threads), "--out", tmp]
             cmd += ["--epochs", str(args.epochs)] if args.epochs else []
             core = {min(os.sched_getaffinity(0))}
-            result = subprocess.run(cmd, env=child_environment(pinned, extra), capture_output=True, text=True, check=False,
-                                    preexec_fn=(lambda: os.sched_setaffinity(0, core)) if one_core else None)
+            result = subprocess.run(
+                cmd,
+                env=child_environment(pinned, extra),
+                capture_output=True,
+                text=True,
+                check=False,
+                preexec_fn=functools.partial(os.sched_setaffinity, 0, core) if one_core else None,
+            )
         if result.returncode != 0:
             sys.exit(f"{name}: failed\n{result.stderr[-2000:]}")
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {threads} | {r['aten']} | {r['sha256'][:12]} | {r['val_accuracy']:.4f} | {r['seconds']} | {r['images_per_s']} |", flush=True)
+        print(
+            f"| {name} | {threads} | {r['aten']} | {r['sha256'][:12]} | {r['val_accuracy']:.4f} | {r['seconds']} | {r['images_per_s']} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

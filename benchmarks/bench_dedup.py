@@ -27,12 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from brainmri.calibration import image_members, read_grey
 from brainmri.config import load_config
-from brainmri.features import compute_fingerprints, hamming_pairs, hamming_pairs_scan
-from brainmri.imaging import encode_png
+from brainmri.core.imaging import encode_png
+from brainmri.dataset.fingerprints import compute_fingerprints, hamming_pairs, hamming_pairs_scan
+from dedup_threshold_study import image_members, read_grey
 
-ARCHIVES = ("figshare-cheng2017-jpg.zip", "kaggle-brain-tumor-mri-dataset.zip", "br35h-no-tumor-jpg.zip", "br35h-yes-bbox.zip")
+ARCHIVES = (
+    "figshare-cheng2017-jpg.zip",
+    "kaggle-brain-tumor-mri-dataset.zip",
+    "br35h-no-tumor-jpg.zip",
+    "br35h-yes-bbox.zip",
+)
 
 
 def write_real_images(mirror: Path, count: int, folder: Path, seed: int) -> list[str]:
@@ -48,7 +53,9 @@ def write_real_images(mirror: Path, count: int, folder: Path, seed: int) -> list
     return paths
 
 
-def synthetic_hashes(templates: np.ndarray, n: int, flip: float, radius: int, rng: np.random.Generator) -> tuple[np.ndarray, set]:
+def synthetic_hashes(
+    templates: np.ndarray, n: int, flip: float, radius: int, rng: np.random.Generator
+) -> tuple[np.ndarray, set]:
     """``n`` hashes made from real ``templates`` (see the module docstring) and the planted pairs ``(i, j)``."""
     words = templates.shape[1]
     planted_count = n // 100
@@ -88,21 +95,29 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.params).dedup
     rng = np.random.default_rng(args.seed)
-    print(f"dedup params: frame_spread {cfg.frame_spread}, hash_size {cfg.hash_size}, max_hamming {cfg.max_hamming}, "
-          f"thumb_size {cfg.thumb_size}, min_correlation {cfg.min_correlation}; {os.cpu_count()} cores\n")
+    print(
+        f"dedup params: frame_spread {cfg.frame_spread}, hash_size {cfg.hash_size}, max_hamming {cfg.max_hamming}, "
+        f"thumb_size {cfg.thumb_size}, min_correlation {cfg.min_correlation}; {os.cpu_count()} cores\n"
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench_dedup_") as tmp:
         paths = write_real_images(args.mirror, args.images, Path(tmp), args.seed)
         print("| fingerprinting real images | workers | images | seconds | images/s |\n|---|---:|---:|---:|---:|")
         for workers in (int(w) for w in args.workers.split(",")):
             started = time.perf_counter()
-            prints = compute_fingerprints(paths, paths, cfg.hash_size, cfg.thumb_size, workers, frame_spread=cfg.frame_spread)
+            prints = compute_fingerprints(
+                paths, paths, cfg.hash_size, cfg.thumb_size, workers, frame_spread=cfg.frame_spread
+            )
             seconds = time.perf_counter() - started
-            print(f"| pHash + thumbnail (core frame) | {workers} | {len(paths)} | {seconds:.1f} | {len(paths) / seconds:.0f} |")
+            print(
+                f"| pHash + thumbnail (core frame) | {workers} | {len(paths)} | {seconds:.1f} | {len(paths) / seconds:.0f} |"
+            )
     templates = prints.hashes
 
     print(f"\nrandom-pair Hamming distances: real {distance_profile(templates, rng)}")
-    print("\n| pair search | hashes | radius | pairs found | planted found | seconds | index = scan |\n|---|---:|---:|---:|---:|---:|---|")
+    print(
+        "\n| pair search | hashes | radius | pairs found | planted found | seconds | index = scan |\n|---|---:|---:|---:|---:|---:|---|"
+    )
     for n in (int(s) for s in args.sizes.split(",")):
         hashes, planted = synthetic_hashes(templates, n, args.flip, cfg.max_hamming, rng)
         if n == max(int(s) for s in args.sizes.split(",")):
@@ -117,7 +132,9 @@ def main() -> None:
             si, sj, sd = hamming_pairs_scan(hashes, cfg.max_hamming)
             scan_seconds = time.perf_counter() - started
             same = f"{np.array_equal(i, si) and np.array_equal(j, sj) and np.array_equal(d, sd)} (scan {scan_seconds:.1f} s)"
-        print(f"| index | {n} | {cfg.max_hamming} | {len(i)} | {len(planted & found)}/{len(planted)} | {seconds:.1f} | {same} |")
+        print(
+            f"| index | {n} | {cfg.max_hamming} | {len(i)} | {len(planted & found)}/{len(planted)} | {seconds:.1f} | {same} |"
+        )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from brainmri.config import load_config
-from brainmri.merge import merge_sources
-from brainmri.sources.image_folder import BOX_SUFFIX, IMAGE_SUFFIXES
+from brainmri.core.imaging import IMAGE_SUFFIXES
+from brainmri.dataset.merge import merge_sources
+from brainmri.dataset.sources.image_folder import BOX_SUFFIX
 
 
 def limited_copy(archive: Path, limit: int, target: Path) -> Path:
@@ -28,7 +29,11 @@ def limited_copy(archive: Path, limit: int, target: Path) -> Path:
         infos = [i for i in source.infolist() if not i.is_dir()]
         images = [i for i in infos if PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES | {".mat"}][:limit]
         stems = {str(PurePosixPath(i.filename).with_suffix("")) for i in images}
-        boxes = [i for i in infos if i.filename.endswith(BOX_SUFFIX) and str(PurePosixPath(i.filename).with_suffix("")) in stems]
+        boxes = [
+            i
+            for i in infos
+            if i.filename.endswith(BOX_SUFFIX) and str(PurePosixPath(i.filename).with_suffix("")) in stems
+        ]
         with zipfile.ZipFile(target / archive.name, "w") as copy:
             for info in images + boxes:
                 copy.writestr(info, source.read(info))
@@ -37,7 +42,9 @@ def limited_copy(archive: Path, limit: int, target: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mirror", type=Path, default=Path("../shared/datasets"), help="folder holding the real archives")
+    parser.add_argument(
+        "--mirror", type=Path, default=Path("../shared/datasets"), help="folder holding the real archives"
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--limit", type=int, default=500, help="images per archive (0: all)")
     parser.add_argument("--workers", default=f"1,{os.cpu_count()}", help="comma-separated worker counts to compare")
@@ -62,7 +69,10 @@ def main() -> None:
                 merge_cfg = cfg.merge.model_copy(update={"out_dir": Path(tmp) / "merged"})
                 report = merge_sources(subset, sources, merge_cfg, workers=workers)
                 rate = report.images / report.wall_seconds if report.wall_seconds else float("nan")
-                print(f"| {label} | {workers} | {report.images} | {report.rejected} | {report.wall_seconds:.1f} | {rate:.0f} |", flush=True)
+                print(
+                    f"| {label} | {workers} | {report.images} | {report.rejected} | {report.wall_seconds:.1f} | {rate:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import CLASSES
-from brainmri.explain import gradcam_images
-from brainmri.imaging import decode_image
-from brainmri.inference import logits_and_features
-from brainmri.models import DEFAULT_IMAGE_SIZE, build_model
-from brainmri.ood import OODCheck, file_sha256, fit_ood
-from brainmri.predict import LIMITS, predict_paths
+from brainmri.core.hashing import file_digest
+from brainmri.core.imaging import decode_image
+from brainmri.model.architectures import MODELS, build_model
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.explain import gradcam_images
+from brainmri.model.inference import logits_and_features
+from brainmri.model.ood import OODCheck, fit_ood
+from brainmri.serving.predict import LIMITS, predict_paths
 
 SIDE = 512
 
@@ -53,8 +54,10 @@ def _slice(rng: np.random.Generator) -> np.ndarray:
 def _checkpoint(name: str, folder: Path) -> Path:
     path = folder / f"{name}.pt"
     model = build_model(name, len(CLASSES), pretrained=False)
-    size = DEFAULT_IMAGE_SIZE[name]
-    save_checkpoint(path, model, model_name=name, classes=list(CLASSES), image_size=size, params={}, data_version="benchmark")
+    size = MODELS[name].image_size
+    save_checkpoint(
+        path, model, model_name=name, classes=list(CLASSES), image_size=size, params={}, data_version="benchmark"
+    )
     return path
 
 
@@ -64,7 +67,7 @@ def _ood_file(checkpoint: Path, images: list[np.ndarray], folder: Path) -> Path:
     _, features = logits_and_features(model, images, meta.image_size)
     labels = np.arange(len(images)) % len(meta.classes)
     path = folder / f"{checkpoint.stem}.ood.npz"
-    fit_ood(features, labels, features, 0.99, file_sha256(checkpoint)).save(path)
+    fit_ood(features, labels, features, 0.99, file_digest(checkpoint)).save(path)
     return path
 
 
@@ -119,7 +122,7 @@ def measure(checkpoint: Path, folder: Path, images: int, repeats: int, batch_siz
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["small_cnn"], choices=sorted(DEFAULT_IMAGE_SIZE))
+    parser.add_argument("--models", nargs="+", default=["small_cnn"], choices=sorted(MODELS))
     parser.add_argument("--checkpoint", type=Path, help="measure this checkpoint instead of fresh models")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: every core)")
     parser.add_argument("--images", type=int, default=128, help="images in the batch-throughput folder")
@@ -133,11 +136,15 @@ def main() -> int:
         checkpoints = [args.checkpoint] if args.checkpoint else [_checkpoint(name, folder) for name in args.models]
         for checkpoint in checkpoints:
             rows.append(measure(checkpoint, folder, args.images, args.repeats, args.batch_size))
-    print(f"\ndevice: cpu, {torch.get_num_threads()} threads; {SIDE}x{SIDE} PNG inputs; batch {args.batch_size}; torch {torch.__version__}\n")
+    print(
+        f"\ndevice: cpu, {torch.get_num_threads()} threads; {SIDE}x{SIDE} PNG inputs; batch {args.batch_size}; torch {torch.__version__}\n"
+    )
     print("| model | size | batch img/s (files → CSV) | single image ms, median | p95 | with Grad-CAM ms, median |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['size']} | {r['batch']:.1f} | {r['median']:.1f} | {r['p95']:.1f} | {r['cam']:.1f} |")
+        print(
+            f"| {r['model']} | {r['size']} | {r['batch']:.1f} | {r['median']:.1f} | {r['p95']:.1f} | {r['cam']:.1f} |"
+        )
     return 0
 
 

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from brainmri.config import CLASSES, MODEL_NAMES, TrainConfig
-from brainmri.device import runtime, select_device
-from brainmri.models import DEFAULT_IMAGE_SIZE, build_model
-from brainmri.train import make_optimizer, predict_logits, train_model
+from brainmri.model.architectures import MODELS, build_model
+from brainmri.training.device import runtime, select_device
+from brainmri.training.train import make_optimizer, predict_logits, train_model
 
 
 def _timed(step, repeats: int) -> float:
@@ -90,7 +90,12 @@ def synthetic_table(folder: Path, count: int, source_size: int = 256) -> pd.Data
 def loop_rate(name: str, size: int, batch_size: int, images: int, threads: int, folder: Path, cpu_bf16: bool) -> float:
     """Train images/s of ``train_model`` over two epochs (first-step warm-up included, as in real runs)."""
     cfg = TrainConfig(
-        model=name, image_size=size, batch_size=batch_size, epochs=2, num_threads=threads, cache_dir=folder / "cache",
+        model=name,
+        image_size=size,
+        batch_size=batch_size,
+        epochs=2,
+        num_threads=threads,
+        cache_dir=folder / "cache",
         cpu_bf16=cpu_bf16,
     )
     table = synthetic_table(folder, images)
@@ -106,19 +111,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=9, help="timed steps for the bare-model rates")
     parser.add_argument(
-        "--images", type=int, default=1024, help="synthetic images for the loop rate (enough steps that the slow first one does not count)"
+        "--images",
+        type=int,
+        default=1024,
+        help="synthetic images for the loop rate (enough steps that the slow first one does not count)",
     )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: every core)")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="bf16: train.cpu_bf16 on CPU")
+    parser.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"], help="bf16: train.cpu_bf16 on CPU"
+    )
     args = parser.parse_args(argv)
 
     device = select_device("auto")
-    name_cpu = f"{device.type}, {args.threads or os.cpu_count()} threads" if device.type == "cpu" else torch.cuda.get_device_name()
+    name_cpu = (
+        f"{device.type}, {args.threads or os.cpu_count()} threads"
+        if device.type == "cpu"
+        else torch.cuda.get_device_name()
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for precision in args.precision:
-                size = DEFAULT_IMAGE_SIZE[name]
+                size = MODELS[name].image_size
                 with runtime(device, args.threads, cpu_bf16=precision == "bf16") as rt:
                     train_rate, infer_rate = model_rates(name, size, args.batch_size, args.repeats, rt)
                     ran = "bf16" if rt.is_cuda or rt.cpu_bf16 else "fp32"
@@ -127,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
                 loop = loop_rate(name, size, args.batch_size, args.images, args.threads, folder, precision == "bf16")
                 rows.append((name, size, ran, train_rate, infer_rate, loop, loop / train_rate))
     print(f"\ndevice: {name_cpu}; batch {args.batch_size}; torch {torch.__version__}\n")
-    print("| model | size | precision | train img/s (model) | inference img/s | train img/s (full loop) | loop / model |")
+    print(
+        "| model | size | precision | train img/s (model) | inference img/s | train img/s (full loop) | loop / model |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, size, ran, train_rate, infer_rate, loop, ratio in rows:
         print(f"| {name} | {size} | {ran} | {train_rate:.1f} | {infer_rate:.1f} | {loop:.1f} | {ratio:.2f} |")

@@ -3,7 +3,7 @@ thresholds, and (with ``--archives``) duplicate counts within and across the rea
 
     python benchmarks/calibrate_dedup.py --mirror ../shared/datasets --archives
 
-The calibration set and the sweep are described in ``brainmri.calibration``. The thresholds are chosen
+The calibration set and the sweep are described in ``benchmarks/dedup_threshold_study.py``. The thresholds are chosen
 on one set (figshare files of even blocks of 100 numbers, Kaggle originals drawn with ``--seed``) and
 then measured, unchanged, on a held-out set (odd blocks, i.e. other patients, and other Kaggle
 originals): the held-out numbers are the ones to quote. Images are read from the
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainmri.calibration import (
+from brainmri.config import DedupConfig
+from dedup_threshold_study import (
     FAMILIES,
     Setting,
     archive_duplicates,
@@ -36,7 +37,6 @@ from brainmri.calibration import (
     pair_scores,
     sweep,
 )
-from brainmri.config import DedupConfig
 
 ARCHIVES = {
     "figshare_jpg": "figshare-cheng2017-jpg.zip",
@@ -62,7 +62,11 @@ def _name(ref) -> str:
 
 
 def _setting_rows(frame: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
-    return frame[(frame["frame"] == row["frame"]) & (frame["hash_size"] == row["hash_size"]) & (frame["thumb_size"] == row["thumb_size"])]
+    return frame[
+        (frame["frame"] == row["frame"])
+        & (frame["hash_size"] == row["hash_size"])
+        & (frame["thumb_size"] == row["thumb_size"])
+    ]
 
 
 def _examples(scores: pd.DataFrame, row: pd.Series, count: int = 10) -> dict:
@@ -71,7 +75,13 @@ def _examples(scores: pd.DataFrame, row: pd.Series, count: int = 10) -> dict:
 
     def listed(rows: pd.DataFrame) -> list[dict]:
         return [
-            {"a": _name(r.a), "b": _name(r.b), "kind": r.kind, "hamming": int(r.hamming), "correlation": round(float(r.correlation), 4)}
+            {
+                "a": _name(r.a),
+                "b": _name(r.b),
+                "kind": r.kind,
+                "hamming": int(r.hamming),
+                "correlation": round(float(r.correlation), 4),
+            }
             for r in rows.itertuples()
         ]
 
@@ -82,9 +92,12 @@ def _examples(scores: pd.DataFrame, row: pd.Series, count: int = 10) -> dict:
 
 def _measured(table_row: pd.Series) -> dict:
     return {
-        "precision": round(float(table_row["precision"]), 4), "recall": round(float(table_row["recall"]), 4),
-        "true_positives": int(table_row["tp"]), "false_positives": int(table_row["fp"]),
-        "positives": int(table_row["positives"]), "negatives": int(table_row["negatives"]),
+        "precision": round(float(table_row["precision"]), 4),
+        "recall": round(float(table_row["recall"]), 4),
+        "true_positives": int(table_row["tp"]),
+        "false_positives": int(table_row["fp"]),
+        "positives": int(table_row["positives"]),
+        "negatives": int(table_row["negatives"]),
     }
 
 
@@ -95,13 +108,16 @@ def main() -> None:
     parser.add_argument("--kaggle", type=int, default=300, help="Kaggle originals (each gets 7 copies)")
     parser.add_argument("--random-pairs", type=int, default=1000, help="random negatives per archive")
     parser.add_argument("--seed", type=int, default=0, help="the calibration set's; the held-out set uses seed + 1")
-    parser.add_argument("--spreads", default="none,0.6,0.7,0.8,1.0", help="core frame spreads to try; none: the whole image")
+    parser.add_argument(
+        "--spreads", default="none,0.6,0.7,0.8,1.0", help="core frame spreads to try; none: the whole image"
+    )
     parser.add_argument("--hash-sizes", default="8,16")
     parser.add_argument("--thumb-sizes", default="16,24,32,64")
     parser.add_argument("--min-precision", type=float, default=0.99)
     parser.add_argument("--min-recall", type=float, default=0.98)
     parser.add_argument(
-        "--compare", default="none,16,40,32,0.97",
+        "--compare",
+        default="none,16,40,32,0.97",
         help="another rule to report on the calibration set: spread,hash_size,max_hamming,thumb_size,min_correlation "
         "(default: the params before calibration, whole image)",
     )
@@ -122,18 +138,27 @@ def main() -> None:
     table = sweep(scores, hammings, np.round(np.arange(0.70, 0.9951, 0.005), 3))
     chosen = choose(table, args.min_precision, args.min_recall)
     composition = _setting_rows(scores, chosen)
-    print(f"calibration set (seed {args.seed}, figshare even blocks): {len(composition)} pairs, built and fingerprinted for {len(settings)} settings in {time.perf_counter() - started:.0f} s")
+    print(
+        f"calibration set (seed {args.seed}, figshare even blocks): {len(composition)} pairs, built and fingerprinted for {len(settings)} settings in {time.perf_counter() - started:.0f} s"
+    )
     print(composition.groupby(["duplicate", "kind"]).size().rename("pairs").reset_index().to_string(index=False), "\n")
 
     best = []
     for _, group in table.groupby(["frame", "hash_size", "thumb_size"], sort=True):
         row = choose(group, args.min_precision, args.min_recall)
-        precise = group[(group["precision"] >= args.min_precision) & (group["max_hamming"] <= index_radius_limit(int(row["hash_size"])))]
+        precise = group[
+            (group["precision"] >= args.min_precision)
+            & (group["max_hamming"] <= index_radius_limit(int(row["hash_size"])))
+        ]
         best.append(
             {
-                "frame": row["frame"], "hash_size": int(row["hash_size"]), "thumb_size": int(row["thumb_size"]),
-                "max_hamming": int(row["max_hamming"]), "min_correlation": float(row["min_correlation"]),
-                "precision": round(float(row["precision"]), 4), "recall": round(float(row["recall"]), 4),
+                "frame": row["frame"],
+                "hash_size": int(row["hash_size"]),
+                "thumb_size": int(row["thumb_size"]),
+                "max_hamming": int(row["max_hamming"]),
+                "min_correlation": float(row["min_correlation"]),
+                "precision": round(float(row["precision"]), 4),
+                "recall": round(float(row["recall"]), 4),
                 "margin": round(float(row["margin"]), 4),
                 "best_recall_at_min_precision": round(float(precise["recall"].max()), 4) if len(precise) else 0.0,
             }
@@ -148,29 +173,47 @@ def main() -> None:
     grid = _setting_rows(table, chosen)
     grid = grid[grid["min_correlation"].isin(np.round(np.arange(0.75, 0.9951, 0.025), 3)) & (grid["max_hamming"] <= 16)]
     view = grid.assign(pr=grid["precision"].map("{:.3f}".format) + "/" + grid["recall"].map("{:.3f}".format))
-    print(f"precision/recall of {chosen['frame']}, hash {chosen['hash_size']}, thumb {chosen['thumb_size']} (rows: max_hamming, columns: min_correlation):")
+    print(
+        f"precision/recall of {chosen['frame']}, hash {chosen['hash_size']}, thumb {chosen['thumb_size']} (rows: max_hamming, columns: min_correlation):"
+    )
     print(view.pivot(index="max_hamming", columns="min_correlation", values="pr").to_string(), "\n")
     chosen_params = {
-        "frame_spread": frame_spread(chosen["frame"]), "hash_size": int(chosen["hash_size"]), "max_hamming": int(chosen["max_hamming"]),
-        "thumb_size": int(chosen["thumb_size"]), "min_correlation": float(chosen["min_correlation"]),
+        "frame_spread": frame_spread(chosen["frame"]),
+        "hash_size": int(chosen["hash_size"]),
+        "max_hamming": int(chosen["max_hamming"]),
+        "thumb_size": int(chosen["thumb_size"]),
+        "min_correlation": float(chosen["min_correlation"]),
     }
     print(f"CHOSEN {chosen_params}: calibration set {_measured(chosen)}")
     spread, hash_size, radius, thumb_size, correlation = args.compare.split(",")
     other = Setting(None if spread == "none" else float(spread), int(hash_size), int(thumb_size))
     compared = table[
-        (table["frame"] == other.frame) & (table["hash_size"] == other.hash_size) & (table["thumb_size"] == other.thumb_size)
-        & (table["max_hamming"] == int(radius)) & np.isclose(table["min_correlation"], float(correlation))
+        (table["frame"] == other.frame)
+        & (table["hash_size"] == other.hash_size)
+        & (table["thumb_size"] == other.thumb_size)
+        & (table["max_hamming"] == int(radius))
+        & np.isclose(table["min_correlation"], float(correlation))
     ]
     compared = _measured(compared.iloc[0]) if len(compared) else "not in the grid"
-    print(f"COMPARED {args.compare} (frame_spread,hash_size,max_hamming,thumb_size,min_correlation): calibration set {compared}")
+    print(
+        f"COMPARED {args.compare} (frame_spread,hash_size,max_hamming,thumb_size,min_correlation): calibration set {compared}"
+    )
     calibration_detail = breakdown(scores, chosen)
 
     # 2. a held-out set: other patients and originals, look-alikes picked for the chosen setting; thresholds fixed
     setting = Setting(chosen_params["frame_spread"], chosen_params["hash_size"], chosen_params["thumb_size"])
     held_pairs = build_pairs(
-        figshare, kaggle, seed=args.seed + 1, spreads=(setting.spread,), half=1, exclude=frozenset(r.member for r in pairs["a"]), **sizes
+        figshare,
+        kaggle,
+        seed=args.seed + 1,
+        spreads=(setting.spread,),
+        half=1,
+        exclude=frozenset(r.member for r in pairs["a"]),
+        **sizes,
     )
-    held_scores = pair_scores(held_pairs, fingerprint_refs(list(held_pairs["a"]) + list(held_pairs["b"]), [setting], args.workers), [setting])
+    held_scores = pair_scores(
+        held_pairs, fingerprint_refs(list(held_pairs["a"]) + list(held_pairs["b"]), [setting], args.workers), [setting]
+    )
     held = sweep(held_scores, [chosen["max_hamming"]], [chosen["min_correlation"]]).iloc[0]
     held_detail = breakdown(held_scores, held)
     print(f"HELD-OUT (seed {args.seed + 1}, figshare odd blocks, other Kaggle originals): {_measured(held)}")
@@ -180,15 +223,23 @@ def main() -> None:
     print("missed positives (held-out):", *(f"  {e}" for e in examples["missed_positives"]), sep="\n")
 
     result = {
-        "command": "python benchmarks/calibrate_dedup.py " + " ".join(
+        "command": "python benchmarks/calibrate_dedup.py "
+        + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("archives", "out", "workers")
         ),
         "targets": {"precision": args.min_precision, "recall": args.min_recall},
         "chosen": chosen_params,
         "compared": {"rule": args.compare, "calibration_set": compared},
-        "held_out": {"seed": args.seed + 1, **_measured(held), **held_detail, "pairs_by_kind": held_scores.groupby("kind").size().to_dict()},
+        "held_out": {
+            "seed": args.seed + 1,
+            **_measured(held),
+            **held_detail,
+            "pairs_by_kind": held_scores.groupby("kind").size().to_dict(),
+        },
         "calibration": {
-            "seed": args.seed, **_measured(chosen), **calibration_detail,
+            "seed": args.seed,
+            **_measured(chosen),
+            **calibration_detail,
             "pairs_by_kind": composition.groupby("kind").size().to_dict(),
             "originals": {"figshare_jpg": args.figshare, "kaggle_combined": args.kaggle},
             "families": list(FAMILIES) + ["combo (second copy)"],
@@ -198,7 +249,9 @@ def main() -> None:
     }
     if args.archives:
         started = time.perf_counter()
-        counts = archive_duplicates({name: args.mirror / file for name, file in ARCHIVES.items()}, DedupConfig(**chosen_params), args.workers)
+        counts = archive_duplicates(
+            {name: args.mirror / file for name, file in ARCHIVES.items()}, DedupConfig(**chosen_params), args.workers
+        )
         print(f"\nduplicates in the real archives at the chosen thresholds ({time.perf_counter() - started:.0f} s):")
         print(json.dumps(counts, indent=1))
         result["real_archives"] = counts

@@ -12,8 +12,8 @@ half is also measured with half of its images dropped (``held_out_sparse``), sin
 precision falls when a patient has fewer slices in the set.
 
 Rules: ``threshold`` links every pair at or above the threshold; ``nearest`` links each image to its
-most similar image (same label) when at or above it (``brainmri.linker.nearest_neighbour_pairs``).
-Features: ``thumbN``: whole-image NxN grey thumbnail, Pearson correlation (``brainmri.linker``);
+most similar image (same label) when at or above it (``brainmri.dataset.linker.nearest_neighbour_pairs``).
+Features: ``thumbN``: whole-image NxN grey thumbnail, Pearson correlation (``brainmri.dataset.linker``);
 ``cnn`` (with ``--cnn``, minutes): cosine of ImageNet EfficientNet-Lite0 pooled features, 160 px.
 
     python benchmarks/calibrate_linker.py --manifest build/merged/manifest.csv --cnn \
@@ -31,14 +31,14 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from brainmri.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
+from brainmri.dataset.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
 
 GRID = np.round(np.arange(0.50, 0.996, 0.005), 3)
 
 
 def cnn_vectors(paths: list[str], image_size: int = 160) -> np.ndarray:
-    from brainmri.inference import logits_and_features, read_grey_png
-    from brainmri.models import build_model
+    from brainmri.model.architectures import build_model
+    from brainmri.model.inference import logits_and_features, read_grey_png
 
     model = build_model("efficientnet_lite0", 1000, pretrained=True)
     features = []
@@ -71,27 +71,44 @@ def positives(table: pd.DataFrame) -> tuple[int, int]:
 
 def chained(links: pd.DataFrame, table: pd.DataFrame) -> dict:
     n = len(table)
-    component = connected_components(coo_matrix((np.ones(len(links)), (links["i"], links["j"])), shape=(n, n)), directed=False)[1]
+    component = connected_components(
+        coo_matrix((np.ones(len(links)), (links["i"], links["j"])), shape=(n, n)), directed=False
+    )[1]
     sizes = np.bincount(component)
     together = pd.crosstab(component, table["patient_id"].to_numpy()).to_numpy()
     pairs, same = int((sizes * (sizes - 1) // 2).sum()), int((together * (together - 1) // 2).sum())
-    return {"pair_precision": round(same / pairs, 4) if pairs else None, "largest_group": int(sizes.max()),
-            "groups_of_size": {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))}}
+    return {
+        "pair_precision": round(same / pairs, 4) if pairs else None,
+        "largest_group": int(sizes.max()),
+        "groups_of_size": {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))},
+    }
 
 
 def measure(links: pd.DataFrame, table: pd.DataFrame) -> dict:
     same, adjacent = positives(table)
-    return {"images": len(table), "links": int(len(links)),
-            "precision": round(float(links["same"].mean()), 4) if len(links) else None,
-            "recall": round(float(links["same"].sum()) / same, 4),
-            "adjacent_slice_recall": round(float(links["adjacent"].sum()) / adjacent, 4),
-            "chained": chained(links, table)}
+    return {
+        "images": len(table),
+        "links": int(len(links)),
+        "precision": round(float(links["same"].mean()), 4) if len(links) else None,
+        "recall": round(float(links["same"].sum()) / same, 4),
+        "adjacent_slice_recall": round(float(links["adjacent"].sum()) / adjacent, 4),
+        "chained": chained(links, table),
+    }
 
 
 def calibrate(feature: str, vectors: np.ndarray, rule: str, halves: dict[str, pd.DataFrame], target: float) -> dict:
-    candidates = {h: candidate_links(vectors[t.index.to_numpy()], t.reset_index(drop=True), rule) for h, t in halves.items()}
-    chosen = next((float(t) for t in GRID if (candidates["calibration"]["c"] >= t).any()
-                   and candidates["calibration"].loc[candidates["calibration"]["c"] >= t, "same"].mean() >= target), None)
+    candidates = {
+        h: candidate_links(vectors[t.index.to_numpy()], t.reset_index(drop=True), rule) for h, t in halves.items()
+    }
+    chosen = next(
+        (
+            float(t)
+            for t in GRID
+            if (candidates["calibration"]["c"] >= t).any()
+            and candidates["calibration"].loc[candidates["calibration"]["c"] >= t, "same"].mean() >= target
+        ),
+        None,
+    )
     result = {"feature": feature, "rule": rule, "threshold": chosen}
     if chosen is not None:
         for half, table in halves.items():
@@ -102,7 +119,9 @@ def calibrate(feature: str, vectors: np.ndarray, rule: str, halves: dict[str, pd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=Path("build/merged/manifest.csv"))
-    parser.add_argument("--precision", type=float, default=0.97, help="link precision the threshold must reach on calibration patients")
+    parser.add_argument(
+        "--precision", type=float, default=0.97, help="link precision the threshold must reach on calibration patients"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cnn", action="store_true", help="also measure ImageNet CNN features (minutes on 2 cores)")
     parser.add_argument("--out", type=Path, default=None)
@@ -118,14 +137,19 @@ def main() -> None:
     for _, members in patients.groupby(patients):
         calibration |= set(rng.permutation(members.index.to_numpy())[: len(members) // 2])
     held = table[~table["patient_id"].isin(calibration)]
-    halves = {"calibration": table[table["patient_id"].isin(calibration)], "held_out": held,
-              "held_out_sparse": held.iloc[np.sort(rng.permutation(len(held))[: len(held) // 2])]}
+    halves = {
+        "calibration": table[table["patient_id"].isin(calibration)],
+        "held_out": held,
+        "held_out_sparse": held.iloc[np.sort(rng.permutation(len(held))[: len(held) // 2])],
+    }
 
     paths = table["path"].tolist()
     features = {"thumb16": thumbnail_vectors(paths, 16), "thumb32": thumbnail_vectors(paths, 32)}
     if args.cnn:
         features["cnn"] = cnn_vectors(paths)
-    results = [calibrate(f, v, rule, halves, args.precision) for f, v in features.items() for rule in ("threshold", "nearest")]
+    results = [
+        calibrate(f, v, rule, halves, args.precision) for f, v in features.items() for rule in ("threshold", "nearest")
+    ]
     report = {
         "ground_truth": f"{len(table)} figshare images of {table['patient_id'].nunique()} patients "
         f"({len(calibration)} calibration / {table['patient_id'].nunique() - len(calibration)} held out, split per label)",
@@ -133,13 +157,17 @@ def main() -> None:
         "target_precision_on_calibration": args.precision,
         "results": results,
     }
-    print(f"{'feature':8} {'rule':9} {'thresh':>6} {'half':15} {'links':>5} {'prec':>6} {'recall':>6} {'adj.rec':>7} {'grp.prec':>8} {'largest':>7}")
+    print(
+        f"{'feature':8} {'rule':9} {'thresh':>6} {'half':15} {'links':>5} {'prec':>6} {'recall':>6} {'adj.rec':>7} {'grp.prec':>8} {'largest':>7}"
+    )
     for r in results:
         for half in halves:
             if half in r:
                 m = r[half]
-                print(f"{r['feature']:8} {r['rule']:9} {r['threshold']:6.3f} {half:15} {m['links']:5d} {m['precision'] or 0:6.3f} "
-                      f"{m['recall']:6.3f} {m['adjacent_slice_recall']:7.3f} {m['chained']['pair_precision'] or 0:8.3f} {m['chained']['largest_group']:7d}")
+                print(
+                    f"{r['feature']:8} {r['rule']:9} {r['threshold']:6.3f} {half:15} {m['links']:5d} {m['precision'] or 0:6.3f} "
+                    f"{m['recall']:6.3f} {m['adjacent_slice_recall']:7.3f} {m['chained']['pair_precision'] or 0:8.3f} {m['chained']['largest_group']:7d}"
+                )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -60,7 +60,14 @@ CONFIGS: dict[str, dict] = {
     "input_scanner_augment": {**HEAD_INPUT, **SCANNER_AUGMENT},
     "tcga_half": {"extra": TCGA_TRAIN},
     "source_balanced": {"sampling": "source_balanced"},
-    "lite0_128": {"model": "efficientnet_lite0", "image_size": 128, "epochs": 6, "lr": 1e-3, "label_smoothing": 0.1, "cpu_bf16": True},
+    "lite0_128": {
+        "model": "efficientnet_lite0",
+        "image_size": 128,
+        "epochs": 6,
+        "lr": 1e-3,
+        "label_smoothing": 0.1,
+        "cpu_bf16": True,
+    },
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
@@ -107,7 +114,14 @@ class External:
             path = folder / (PurePosixPath(self.names[k]).stem + ".png")
             if not path.exists():
                 Image.fromarray(self.images[k]).save(path)
-            rows.append({"path": str(path), "label": "glioma" if self.tumour[k] else "no_tumor", "source": "tcga", "split": "train"})
+            rows.append(
+                {
+                    "path": str(path),
+                    "label": "glioma" if self.tumour[k] else "no_tumor",
+                    "source": "tcga",
+                    "split": "train",
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -115,9 +129,9 @@ def probabilities(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
     """Softmax probabilities of the checkpoint on raw grey images, prepared as training prepared its own."""
     import torch
 
-    from brainmri.checkpoint import load_checkpoint
-    from brainmri.inference import logits_and_features
-    from brainmri.preprocess import prepare_grey
+    from brainmri.core.preprocess import prepare_grey
+    from brainmri.model.checkpoint import load_checkpoint
+    from brainmri.model.inference import logits_and_features
 
     model, meta = load_checkpoint(model_path)
     prepared = [prepare_grey(image, meta.image_size, meta.preprocess) for image in images]
@@ -137,7 +151,7 @@ def detection(prefix: str, actual: np.ndarray, proba: np.ndarray) -> dict:
 
 
 def score(model_path: Path, table: pd.DataFrame, external: External | None) -> dict:
-    from brainmri.inference import read_grey_png
+    from brainmri.model.inference import read_grey_png
 
     no_tumour = CLASSES.index("no_tumor")
     test = table[table["split"] == "test"].reset_index(drop=True)
@@ -170,7 +184,7 @@ def split_table(root: Path, holdout: str | None, seed: int) -> pd.DataFrame:
     if holdout is None:
         return table
     from brainmri.config import SplitConfig
-    from brainmri.split import holdout_split
+    from brainmri.dataset.split import holdout_split
 
     if holdout not in set(table["source"]):
         raise SystemExit(f"--holdout {holdout!r}: no such source in build/split/split.csv")
@@ -180,9 +194,17 @@ def split_table(root: Path, holdout: str | None, seed: int) -> pd.DataFrame:
 
 
 COLUMNS = [
-    "test_accuracy", "test_macro_f1", "test_tumour_sensitivity", "test_no_tumour_specificity",
-    "tcga_tumour_sensitivity", "tcga_no_tumour_specificity", "tcga_auc", "tcga_half_tumour_sensitivity",
-    "tcga_half_no_tumour_specificity", "tcga_half_auc", "train_minutes",
+    "test_accuracy",
+    "test_macro_f1",
+    "test_tumour_sensitivity",
+    "test_no_tumour_specificity",
+    "tcga_tumour_sensitivity",
+    "tcga_no_tumour_specificity",
+    "tcga_auc",
+    "tcga_half_tumour_sensitivity",
+    "tcga_half_no_tumour_specificity",
+    "tcga_half_auc",
+    "train_minutes",
 ]
 
 
@@ -192,12 +214,16 @@ def main() -> None:
     parser.add_argument("--external", type=Path, default=Path("../shared/datasets/tcga-lgg-post-contrast.zip"))
     parser.add_argument("--config", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--holdout", default=None, help="a source to leave out (the test set is then its images)")
-    parser.add_argument("-S", dest="overrides", action="append", default=[], help="train param override, e.g. -S epochs=4")
+    parser.add_argument(
+        "-S", dest="overrides", action="append", default=[], help="train param override, e.g. -S epochs=4"
+    )
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--score-only", action="store_true", help="rescore the models build/generalisation already holds")
+    parser.add_argument(
+        "--score-only", action="store_true", help="rescore the models build/generalisation already holds"
+    )
     args = parser.parse_args()
 
-    from brainmri.train import train_model
+    from brainmri.training.train import train_model
 
     cfg = load_config(args.root / "params.yaml")
     common = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.overrides)}
@@ -221,8 +247,11 @@ def main() -> None:
         previous = document["results"].get(key, {})
         minutes = previous.get("train_minutes") if args.score_only else round((time.perf_counter() - started) / 60, 1)
         document["configs"][name] = {**common, **CONFIGS[name]}
-        document["results"][key] = {"train_images": int((training["split"] == "train").sum()), **score(work / "model.pt", table, external),
-                                    "train_minutes": minutes}
+        document["results"][key] = {
+            "train_images": int((training["split"] == "train").sum()),
+            **score(work / "model.pt", table, external),
+            "train_minutes": minutes,
+        }
         print(key, json.dumps(document["results"][key]), flush=True)
         if args.out:
             document["train"] = cfg.train.model_dump(mode="json")

@@ -39,14 +39,16 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 from brainmri.config import CLASSES, TrainConfig, load_config
-from brainmri.linker import thumbnail_vectors
+from brainmri.dataset.linker import thumbnail_vectors
 
 SPLITS = ("a_kaggle_official", "b_random_no_dedup", "c_random_after_dedup", "d_grouped")
 
 
 def random_split(table: pd.DataFrame, seed: int, ratios=(0.70, 0.15, 0.15)) -> pd.DataFrame:
     train, rest = train_test_split(table, train_size=ratios[0], stratify=table["label"], random_state=seed)
-    val, test = train_test_split(rest, train_size=ratios[1] / (ratios[1] + ratios[2]), stratify=rest["label"], random_state=seed)
+    val, test = train_test_split(
+        rest, train_size=ratios[1] / (ratios[1] + ratios[2]), stratify=rest["label"], random_state=seed
+    )
     return pd.concat([train.assign(split="train"), val.assign(split="val"), test.assign(split="test")])
 
 
@@ -85,7 +87,9 @@ def leakage(root: Path, table: pd.DataFrame) -> dict:
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
     vectors_train = thumbnail_vectors(train["path"].tolist())
     vectors_test = thumbnail_vectors(test["path"].tolist())
-    best = np.concatenate([(vectors_test[s : s + 1024] @ vectors_train.T).max(axis=1) for s in range(0, len(test), 1024)])
+    best = np.concatenate(
+        [(vectors_test[s : s + 1024] @ vectors_train.T).max(axis=1) for s in range(0, len(test), 1024)]
+    )
     patients = figshare_patients(root, table)
     in_train = set(patients[table["split"] == "train"]) - {""}
     test_patients = patients[table["split"] == "test"]
@@ -109,8 +113,9 @@ def external_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray], np.ndarray] | None) -> dict:
-    from brainmri.checkpoint import load_checkpoint
-    from brainmri.inference import logits_and_features, read_grey_png
+    from brainmri.model.checkpoint import load_checkpoint
+    from brainmri.model.inference import logits_and_features, read_grey_png
+
     model, meta = load_checkpoint(model_path)
     test = table[table["split"] == "test"]
     logits, _ = logits_and_features(model, [read_grey_png(p) for p in test["path"]], meta.image_size)
@@ -124,7 +129,9 @@ def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray
     if external is not None:
         images, tumour = external
         logits, _ = logits_and_features(model, images, meta.image_size)
-        says_tumour = logits.argmax(axis=1) != CLASSES.index("no_tumor")  # as the external stage and the test split count it
+        says_tumour = logits.argmax(axis=1) != CLASSES.index(
+            "no_tumor"
+        )  # as the external stage and the test split count it
         result["tcga_tumour_sensitivity"] = round(float(says_tumour[tumour].mean()), 4)
         result["tcga_no_tumour_specificity"] = round(float((~says_tumour[~tumour]).mean()), 4)
     return result
@@ -135,16 +142,20 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."))
     parser.add_argument("--external", type=Path, default=Path("../shared/datasets/tcga-lgg-post-contrast.zip"))
     parser.add_argument("--only", nargs="*", default=list(SPLITS), choices=SPLITS)
-    parser.add_argument("-S", dest="overrides", action="append", default=[], help="train param override, e.g. -S epochs=4")
+    parser.add_argument(
+        "-S", dest="overrides", action="append", default=[], help="train param override, e.g. -S epochs=4"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--score-only", action="store_true", help="rescore the models build/ablation already holds")
     args = parser.parse_args()
 
-    from brainmri.train import train_model
+    from brainmri.training.train import train_model
 
     cfg = load_config(args.root / "params.yaml")
-    overrides = {k: type(getattr(cfg.train, k))(v) if not isinstance(getattr(cfg.train, k), bool) else v == "true"
-                 for k, v in (item.split("=", 1) for item in args.overrides)}
+    overrides = {
+        k: type(getattr(cfg.train, k))(v) if not isinstance(getattr(cfg.train, k), bool) else v == "true"
+        for k, v in (item.split("=", 1) for item in args.overrides)
+    }
     train_cfg = TrainConfig(**{**cfg.train.model_dump(), **overrides})
     external = external_images(args.external) if args.external.exists() else None
     splits = build_splits(args.root, cfg.seed)
@@ -154,8 +165,14 @@ def main() -> None:
         table = splits[name].reset_index(drop=True)
         started = time.perf_counter()
         if not args.score_only:
-            train_model(table, train_cfg, seed=cfg.seed, out_dir=work / name, live_dir=work / name / "live", data_version=name)
-        minutes = round((time.perf_counter() - started) / 60, 1) if not args.score_only else results.get(name, {}).get("train_minutes")
+            train_model(
+                table, train_cfg, seed=cfg.seed, out_dir=work / name, live_dir=work / name / "live", data_version=name
+            )
+        minutes = (
+            round((time.perf_counter() - started) / 60, 1)
+            if not args.score_only
+            else results.get(name, {}).get("train_minutes")
+        )
         results[name] = {
             "sizes": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
             **leakage(args.root, table),
@@ -164,9 +181,19 @@ def main() -> None:
         }
         print(name, json.dumps(results[name]), flush=True)
         if args.out:
-            args.out.write_text(json.dumps({"train": train_cfg.model_dump(mode="json"), "results": results}, indent=2) + "\n")
-    columns = ["test_images", "test_with_near_identical_in_train", "figshare_test_images_with_patient_in_train",
-               "test_accuracy", "test_macro_f1", "tcga_tumour_sensitivity", "tcga_no_tumour_specificity", "train_minutes"]
+            args.out.write_text(
+                json.dumps({"train": train_cfg.model_dump(mode="json"), "results": results}, indent=2) + "\n"
+            )
+    columns = [
+        "test_images",
+        "test_with_near_identical_in_train",
+        "figshare_test_images_with_patient_in_train",
+        "test_accuracy",
+        "test_macro_f1",
+        "tcga_tumour_sensitivity",
+        "tcga_no_tumour_specificity",
+        "train_minutes",
+    ]
     print("| split | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for name, row in results.items():

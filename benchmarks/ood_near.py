@@ -1,7 +1,7 @@
 """How often the out-of-distribution check refuses each kind of input, near-distribution ones included.
 
 Scores, with a trained checkpoint and the evaluate stage's ``ood.npz``:
-the generated near-distribution set (``brainmri.near_ood.near_mri_images``:
+the generated near-distribution set (``brainmri.synthetic.near_ood.near_mri_images``:
 head-CT phantoms, Shepp-Logan, abdomen MRI look-alikes), the real images
 that pydicom and nibabel ship (``packaged_medical_images``: head and body CT,
 body MRI, a bone scan, ultrasound, EPI brain MRI; needs the ``dev`` extra),
@@ -29,13 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainmri.checkpoint import load_checkpoint
-from brainmri.imaging import BadImage, decode_image
-from brainmri.inference import logits_and_features
-from brainmri.near_ood import ACCEPTED_KINDS, near_mri_images, packaged_medical_images
-from brainmri.ood import OODCheck, non_mri_images
-from brainmri.predict import LIMITS, iter_inputs
-from brainmri.preprocess import normalise_input
+from brainmri.core.imaging import BadImage, decode_image
+from brainmri.core.preprocess import normalise_input
+from brainmri.model.checkpoint import load_checkpoint
+from brainmri.model.inference import logits_and_features
+from brainmri.model.ood import OODCheck
+from brainmri.serving.predict import LIMITS, iter_inputs
+from brainmri.synthetic.near_ood import ACCEPTED_KINDS, near_mri_images, packaged_medical_images
+from brainmri.synthetic.non_mri import non_mri_images
 
 QUANTILES = (0.99, 0.995, 0.999, 1.0)
 
@@ -44,8 +45,12 @@ def near_scores(build: Path, seed: int) -> tuple[OODCheck, list[str], np.ndarray
     """Kinds and OOD scores of every generated, packaged and non-MRI image, with the build's model and check."""
     model, meta = load_checkpoint(build / "model" / "model.pt")
     check = OODCheck.load(build / "evaluate" / "ood.npz")
-    samples = near_mri_images(seed) + packaged_medical_images() + [(f"non_mri_{k}", n, i) for k, n, i in non_mri_images(seed)]
-    _, features = logits_and_features(model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size)
+    samples = (
+        near_mri_images(seed) + packaged_medical_images() + [(f"non_mri_{k}", n, i) for k, n, i in non_mri_images(seed)]
+    )
+    _, features = logits_and_features(
+        model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size
+    )
     return check, [kind for kind, _, _ in samples], check.score(features)
 
 
@@ -54,7 +59,9 @@ def refusal_table(groups: dict[str, np.ndarray], thresholds: dict[str, float]) -
     rows = []
     for name, scores in groups.items():
         row = {"inputs": name, "n": len(scores)}
-        row.update({label: round(float(np.mean(scores > t)), 4) if len(scores) else None for label, t in thresholds.items()})
+        row.update(
+            {label: round(float(np.mean(scores > t)), 4) if len(scores) else None for label, t in thresholds.items()}
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -92,9 +99,18 @@ def where_refusals_fall(predictions: pd.DataFrame, threshold: float, blank: set[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--build", type=Path, default=Path("build"), help="folder with model/model.pt and evaluate/{ood.npz,predictions.csv}")
-    parser.add_argument("--external", type=Path, nargs="*", default=[], help="external sets' predictions.csv (real brain MRI)")
-    parser.add_argument("--sets", type=Path, nargs="*", default=[], help="the external sets' folders or zips, to find blank images")
+    parser.add_argument(
+        "--build",
+        type=Path,
+        default=Path("build"),
+        help="folder with model/model.pt and evaluate/{ood.npz,predictions.csv}",
+    )
+    parser.add_argument(
+        "--external", type=Path, nargs="*", default=[], help="external sets' predictions.csv (real brain MRI)"
+    )
+    parser.add_argument(
+        "--sets", type=Path, nargs="*", default=[], help="the external sets' folders or zips, to find blank images"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
@@ -102,7 +118,9 @@ def main() -> None:
     check, kinds, scores = near_scores(args.build, args.seed)
     predictions = pd.read_csv(args.build / "evaluate" / "predictions.csv")
     val = predictions.loc[predictions["split"] == "val", "ood_score"].to_numpy()
-    thresholds = {"fitted": check.threshold} | {f"q={q}": float(np.quantile(val, q, method="higher")) for q in QUANTILES}
+    thresholds = {"fitted": check.threshold} | {
+        f"q={q}": float(np.quantile(val, q, method="higher")) for q in QUANTILES
+    }
     groups = {"brain MRI: test split": predictions.loc[predictions["split"] == "test", "ood_score"].to_numpy()}
     blank = blank_files(args.sets)
     breakdown = {}

@@ -81,16 +81,27 @@ def main() -> None:
     for target in ("source", "label"):
         values = table[target].to_numpy()
         chance = round(float(pd.Series(values[~train]).value_counts(normalize=True).iloc[0]), 4)
-        results[target] = {"classes": int(pd.Series(values).nunique()), "majority_share": chance,
-                           "balanced_accuracy": {name: probe(f, values, train, args.seed) for name, f in groups.items()}}
+        results[target] = {
+            "classes": int(pd.Series(values).nunique()),
+            "majority_share": chance,
+            "balanced_accuracy": {name: probe(f, values, train, args.seed) for name, f in groups.items()},
+        }
     print("| target | " + " | ".join(["all", *CUE_GROUPS]) + " | chance (balanced) |")
     print("|---" * (len(CUE_GROUPS) + 3) + "|")
     for target, r in results.items():
         row = " | ".join(str(r["balanced_accuracy"][name]) for name in ["all", *CUE_GROUPS])
         print(f"| {target} ({r['classes']}) | {row} | {1 / r['classes']:.3f} |")
     if args.out:
-        args.out.write_text(json.dumps({"images": {"train": int(train.sum()), "test": int((~train).sum())},
-                                        "balanced_accuracy_on_test": results}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "images": {"train": int(train.sum()), "test": int((~train).sum())},
+                    "balanced_accuracy_on_test": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import sys
 
-from brainmri.portable import pin_cpu_kernels
+from brainmri.core.portable import pin_cpu_kernels
 
 pin_cpu_kernels()  # before torch loads: the metrics come from the model's outputs, so the same kernels as train
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from brainmri.portable import pin_cpu_kernels
+from brainmri.core.portable import pin_cpu_kernels
 
 pin_cpu_kernels()  # before numpy/torch load: the same environment in every stage
 

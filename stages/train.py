@@ -2,7 +2,7 @@
 
 import sys
 
-from brainmri.portable import pin_cpu_kernels
+from brainmri.core.portable import pin_cpu_kernels
 
 pin_cpu_kernels()  # before torch loads: the same kernels, so the same model bytes, on every x86-64 CPU
 

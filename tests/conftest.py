@@ -11,7 +11,11 @@ import pytest
 import yaml
 from PIL import Image
 
+from brainmri.config import CLASSES as CONFIG_CLASSES
+
 ROOT = Path(__file__).resolve().parents[1]
+CLASSES = list(CONFIG_CLASSES)
+"""The four classes in the model's output order, from config: what tests build tables and checkpoints with."""
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +46,9 @@ def write_grey_png(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
-def blob_image(rng: np.random.Generator, size: int = 64, centre=None, radius: float = 10, noise: float = 8) -> np.ndarray:
+def blob_image(
+    rng: np.random.Generator, size: int = 64, centre=None, radius: float = 10, noise: float = 8
+) -> np.ndarray:
     """A textured grey image with a bright disc: distinct per seed, similar under small perturbations."""
     yy, xx = np.mgrid[:size, :size]
     cy, cx = centre if centre is not None else rng.uniform(size * 0.25, size * 0.75, 2)

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import brainmri.train as train
+import brainmri.training.train as train
 from brainmri.config import TrainConfig
-from brainmri.distributed import Dist
+from brainmri.training.distributed import Dist
 
 WORLD_SIZE = 2
 
@@ -28,20 +28,36 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     """What torchrun would start: the environment it sets, then the ordinary training entry point."""
     from test_train import CLASSES, make_table  # spawned: a fresh interpreter, with the tests folder on sys.path
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE)
+    )
     tmp_path = Path(tmp)
     table = make_table(tmp_path / f"images{rank}", {"train": 8, "val": 3})  # same seed: the same images on both ranks
     cfg = TrainConfig(
-        image_size=24, epochs=2, batch_size=4, num_threads=1, device="cpu", cache_dir=tmp_path / f"cache{rank}", freeze_epochs=1
+        image_size=24,
+        epochs=2,
+        batch_size=4,
+        num_threads=1,
+        device="cpu",
+        cache_dir=tmp_path / f"cache{rank}",
+        freeze_epochs=1,
     )
     models, wrappers = [], []
     real_set_trainable, real_train_epoch = train.set_trainable, train._train_epoch
     train.set_trainable = lambda model, *args: models.append(model) or real_set_trainable(model, *args)
     train._train_epoch = lambda net, *args: wrappers.append(type(net).__name__) or real_train_epoch(net, *args)
     summary = train.train_model(
-        table, cfg, seed=3, out_dir=tmp_path / f"model{rank}", live_dir=tmp_path / f"live{rank}", data_version="v1", classes=CLASSES
+        table,
+        cfg,
+        seed=3,
+        out_dir=tmp_path / f"model{rank}",
+        live_dir=tmp_path / f"live{rank}",
+        data_version="v1",
+        classes=CLASSES,
     )
-    torch.save({"state": models[-1].state_dict(), "summary": summary, "wrappers": wrappers}, tmp_path / f"rank{rank}.pt")
+    torch.save(
+        {"state": models[-1].state_dict(), "summary": summary, "wrappers": wrappers}, tmp_path / f"rank{rank}.pt"
+    )
 
 
 @pytest.mark.slow

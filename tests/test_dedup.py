@@ -6,8 +6,16 @@ import pytest
 from PIL import Image
 
 from brainmri.config import DedupConfig
-from brainmri.dedup import deduplicate, is_conflict, write_outputs
-from brainmri.features import _chunk_plan, confirmed_pairs, core_frame, fingerprint, hamming_pairs, hamming_pairs_scan, pack_bits
+from brainmri.dataset.dedup import deduplicate, is_conflict, write_outputs
+from brainmri.dataset.fingerprints import (
+    _chunk_plan,
+    confirmed_pairs,
+    core_frame,
+    fingerprint,
+    hamming_pairs,
+    hamming_pairs_scan,
+    pack_bits,
+)
 from conftest import blob_image, write_grey_png
 
 
@@ -22,9 +30,17 @@ def _row(tmp_path, image_id, pixels, label, source, patient=""):
 
     path = write_grey_png(tmp_path / f"{image_id}.png", pixels)
     return {
-        "image_id": image_id, "path": str(path), "label": label, "source": source, "original_path": image_id,
-        "patient_id": patient, "sha256": hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest(),
-        "width": pixels.shape[1], "height": pixels.shape[0], "mask_path": "", "box": "",
+        "image_id": image_id,
+        "path": str(path),
+        "label": label,
+        "source": source,
+        "original_path": image_id,
+        "patient_id": patient,
+        "sha256": hashlib.sha256(pixels.tobytes() + str(pixels.shape).encode()).hexdigest(),
+        "width": pixels.shape[1],
+        "height": pixels.shape[0],
+        "mask_path": "",
+        "box": "",
     }
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from brainmri import device
-from brainmri.device import cpu_has_bf16, runtime
+from brainmri.training import device
+from brainmri.training.device import cpu_has_bf16, runtime
 
 ZEN4 = ["avx2", "avx512f", "avx512_bf16", "avx512_vnni"]
 SAPPHIRE_RAPIDS = ["avx2", "avx512f", "amx_bf16", "amx_tile"]
@@ -29,7 +29,10 @@ def test_cpu_bf16_falls_back_to_fp32_with_one_line_where_it_cannot_help(monkeypa
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
     with runtime(torch.device("cpu"), 1, cpu_bf16=True) as rt:
         assert not rt.cpu_bf16 and _autocast_dtype(rt) == torch.float32
-    assert capsys.readouterr().err.strip() == "train.cpu_bf16: training in fp32: this CPU has no AVX512-BF16 or AMX instructions"
+    assert (
+        capsys.readouterr().err.strip()
+        == "train.cpu_bf16: training in fp32: this CPU has no AVX512-BF16 or AMX instructions"
+    )
     monkeypatch.setattr(device, "is_pinned", lambda: True)
     with runtime(torch.device("cpu"), 1, cpu_bf16=True) as rt:
         assert not rt.cpu_bf16

@@ -11,16 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from brainmri.checkpoint import save_checkpoint
 from brainmri.config import EvaluateConfig
-from brainmri.evaluate import evaluate_model, gradcam_sample, present_macro_f1
-from brainmri.models import build_model
-from brainmri.ood import OODCheck, file_sha256
-from brainmri.temperature import Temperature
-from conftest import blob_image, write_grey_png
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
-
+from brainmri.core.hashing import file_digest
+from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, present_macro_f1
+from brainmri.model.architectures import build_model
+from brainmri.model.checkpoint import save_checkpoint
+from brainmri.model.ood import OODCheck
+from brainmri.model.temperature import Temperature
+from conftest import CLASSES, blob_image, write_grey_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,12 +41,27 @@ def make_project(root: Path) -> tuple[pd.DataFrame, Path]:
                     mask_path = str(write_grey_png(root / "masks" / f"{image_id}.png", mask))
                 elif label != "no_tumor":
                     box = f"{centre[1] / 64} {centre[0] / 64} {20 / 64} {20 / 64}"
-                rows.append({"image_id": image_id, "path": str(path), "label": label, "source": source, "split": split, "mask_path": mask_path, "box": box})
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "path": str(path),
+                        "label": label,
+                        "source": source,
+                        "split": split,
+                        "mask_path": mask_path,
+                        "box": box,
+                    }
+                )
     torch.manual_seed(0)
     checkpoint = root / "model.pt"
     save_checkpoint(
-        checkpoint, build_model("small_cnn", len(CLASSES), pretrained=False),
-        model_name="small_cnn", classes=CLASSES, image_size=32, params={"seed": 1, "train": {"lr": 0.01}}, data_version="sha256:x",
+        checkpoint,
+        build_model("small_cnn", len(CLASSES), pretrained=False),
+        model_name="small_cnn",
+        classes=CLASSES,
+        image_size=32,
+        params={"seed": 1, "train": {"lr": 0.01}},
+        data_version="sha256:x",
     )
     return pd.DataFrame(rows), checkpoint
 
@@ -57,64 +70,126 @@ def run(root: Path, table: pd.DataFrame, checkpoint: Path, reports: bool = False
     cfg = EvaluateConfig(out_dir=root / "evaluate", bootstrap=20, gradcam_per_class=1, ood_quantile=0.9)
     extra = {}
     if reports:
-        (root / "dedup.json").write_text(json.dumps({"images_in": 60, "images_kept": 48, "dropped_by_reason": {"duplicate": 12}}))
-        (root / "split.json").write_text(json.dumps({"images": 48, "groups": 40, "leakage": {"cross_split_duplicate_pairs": 0, "patients_in_several_splits": 0}}))
+        (root / "dedup.json").write_text(
+            json.dumps({"images_in": 60, "images_kept": 48, "dropped_by_reason": {"duplicate": 12}})
+        )
+        (root / "split.json").write_text(
+            json.dumps(
+                {
+                    "images": 48,
+                    "groups": 40,
+                    "leakage": {"cross_split_duplicate_pairs": 0, "patients_in_several_splits": 0},
+                }
+            )
+        )
         extra = {"dedup_report": root / "dedup.json", "split_report": root / "split.json"}
     return evaluate_model(table, checkpoint, cfg, seed=3, metrics_dir=root / "metrics", **extra)
 
 
 def digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".pt"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix != ".pt"
+    }
 
 
-def test_evaluate_writes_everything_and_reruns_byte_for_byte(tmp_path):
-    table, checkpoint = make_project(tmp_path)
-    summary = run(tmp_path, table, checkpoint, reports=True)
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> tuple[Path, pd.DataFrame, Path, dict]:
+    """One evaluate run on the blob project, with the dedup and split reports: (root, table, checkpoint, summary)."""
+    import torch
+
+    root = tmp_path_factory.mktemp("evaluate")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one_torch_thread, for the module's shared run
+    try:
+        table, checkpoint = make_project(root)
+        return root, table, checkpoint, run(root, table, checkpoint, reports=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_evaluate_writes_metrics_with_localisation_where_a_region_is_known(evaluated):
+    root, _, _, summary = evaluated
     assert set(summary) == {"val", "test", "ood"}
-
-    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+    metrics = json.loads((root / "metrics" / "metrics.json").read_text())
     located = metrics["localisation"]
     assert set(located) == {"glioma", "meningioma", "pituitary", "all"}  # no region is known for no_tumor
     assert located["all"]["n"] == 9 and 0 < located["all"]["chance"] < 0.2
     methods = metrics["localisation_methods"]
-    assert set(methods) == {"gradcam", "gradcam_pp", "input_gradient"} and methods["gradcam"] == located  # default: Grad-CAM
+    assert set(methods) == {"gradcam", "gradcam_pp", "input_gradient"}
+    assert methods["gradcam"] == located  # default: Grad-CAM
     for summary in methods.values():
         assert set(summary) == set(located) and summary["all"]["pointing_game_15px"] >= summary["all"]["pointing_game"]
-    ood = metrics["ood"]
-    assert ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
+
+
+def test_evaluate_fits_and_saves_the_ood_check_for_its_checkpoint(evaluated):
+    root, _, checkpoint, _ = evaluated
+    ood = json.loads((root / "metrics" / "metrics.json").read_text())["ood"]
+    assert (
+        ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
+    )
     assert ood["non_mri"]["n"] > 30 and 0 <= ood["non_mri"]["detection_rate"] <= 1
     near = ood["near_distribution"]["per_kind"]
     assert set(near) == {"ct_head_like_brain_window", "ct_head_like_bone_window", "ct_shepp_logan", "mri_body_like"}
     assert sum(k["n"] for k in near.values()) == ood["near_distribution"]["n"] == 13
+    check = OODCheck.load(root / "evaluate" / "ood.npz")
+    assert check.checkpoint_sha256 == file_digest(checkpoint) and check.quantile == 0.9
 
+
+def test_evaluate_reports_calibrated_probabilities_with_the_temperature_fitted_on_val(evaluated):
+    root, _, checkpoint, _ = evaluated
+    metrics = json.loads((root / "metrics" / "metrics.json").read_text())
     calibration = metrics["calibration"]
     assert calibration["fitted_on"] == "val" and calibration["temperature"] > 0
-    assert calibration["val"]["log_loss_calibrated"] <= calibration["val"]["log_loss_uncalibrated"], "fitted on val by log loss"
-    assert calibration["test"]["ece_calibrated"] == pytest.approx(metrics["test"]["ece"], abs=1e-4), "reported test metrics are calibrated"
+    assert calibration["val"]["log_loss_calibrated"] <= calibration["val"]["log_loss_uncalibrated"], (
+        "fitted on val by log loss"
+    )
+    assert calibration["test"]["ece_calibrated"] == pytest.approx(metrics["test"]["ece"], abs=1e-4), (
+        "reported test metrics are calibrated"
+    )
     assert calibration["test"]["log_loss_calibrated"] == pytest.approx(metrics["test"]["log_loss"], abs=1e-3)
+    assert Temperature.load(root / "evaluate" / "temperature.json", file_digest(checkpoint)).value == pytest.approx(
+        calibration["temperature"], abs=1e-4
+    )
 
-    out = tmp_path / "evaluate"
-    check = OODCheck.load(out / "ood.npz")
-    assert check.checkpoint_sha256 == file_sha256(checkpoint) and check.quantile == 0.9
-    assert Temperature.load(out / "temperature.json", file_sha256(checkpoint)).value == pytest.approx(calibration["temperature"], abs=1e-4)
+
+def test_evaluate_writes_gradcam_overlays_figures_and_predictions(evaluated):
+    out = evaluated[0] / "evaluate"
     overlays = sorted(p.relative_to(out / "gradcam").as_posix() for p in (out / "gradcam").rglob("*.png"))
-    assert overlays and all(p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays)
+    assert overlays and all(
+        p.split("/")[0] in CLASSES and p.split("/")[1].startswith(("correct_", "wrong_")) for p in overlays
+    )
     assert len(overlays) <= 2 * len(CLASSES)
     for name in ("gradcam.png", "ood_scores.png", "confusion_matrix.png", "predictions.csv"):
         assert (out / name).is_file(), name
     predictions = pd.read_csv(out / "predictions.csv")
     assert {"ood_score", "ood_verdict"} <= set(predictions.columns) and len(predictions) == 24
 
-    card = (out / "MODEL_CARD.md").read_text()
-    for heading in ("## Intended use", "## Data", "## Results", "## Explanations", "## Out-of-distribution check", "## Limitations"):
+
+def test_evaluate_writes_a_model_card_from_what_it_measured(evaluated):
+    card = (evaluated[0] / "evaluate" / "MODEL_CARD.md").read_text()
+    for heading in (
+        "## Intended use",
+        "## Data",
+        "## Results",
+        "## Explanations",
+        "## Out-of-distribution check",
+        "## Limitations",
+    ):
         assert heading in card, heading
     assert "| gradcam_pp | glioma |" in card and "Other medical images (generated look-alikes) refused" in card
-    assert "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
+    assert (
+        "Not for diagnosis" in card and "Images merged from the sources: 60" in card and "`train.lr` | `0.01`" in card
+    )
     assert "[95% CI]" in card and "source_a" in card and "temperature-scaled" in card
 
-    first = digest(tmp_path)
-    run(tmp_path, table, checkpoint, reports=True)
-    assert digest(tmp_path) == first, "evaluate outputs must be byte-identical on a rerun"
+
+def test_evaluate_reruns_byte_for_byte(evaluated):
+    root, table, checkpoint, _ = evaluated
+    first = digest(root)
+    run(root, table, checkpoint, reports=True)
+    assert digest(root) == first, "evaluate outputs must be byte-identical on a rerun"
 
 
 def test_card_without_reports_says_so(tmp_path):
@@ -140,6 +215,8 @@ def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
     first = gradcam_sample(y, predicted, 3, per_class=2, seed=1)
     assert first == gradcam_sample(y, predicted, 3, per_class=2, seed=1)
     chosen = set(first)
-    assert len([i for i in chosen if y[i] == 0 and predicted[i] == 0]) == 2 and 3 in chosen  # class 0: 2 right, its 1 wrong
+    assert (
+        len([i for i in chosen if y[i] == 0 and predicted[i] == 0]) == 2 and 3 in chosen
+    )  # class 0: 2 right, its 1 wrong
     assert 4 in chosen and {5, 6} <= chosen and 7 in chosen
     assert gradcam_sample(y, predicted, 3, per_class=0, seed=1) == []

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from brainmri.explain import (
+from brainmri.model.architectures import build_model
+from brainmri.model.explain import (
     channel_weights,
     gradcam,
     gradcam_images,
@@ -21,7 +22,6 @@ from brainmri.explain import (
     summarise_localisation,
     tolerance_in_map,
 )
-from brainmri.models import build_model
 
 SIZE = 48
 
@@ -34,7 +34,9 @@ def blob_images(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.ndar
     yy, xx = np.mgrid[:SIZE, :SIZE]
     images, labels, discs = [], [], []
     for i in range(n):
-        background = np.kron(rng.normal(90, 25, (SIZE // 8, SIZE // 8)), np.ones((8, 8))) + rng.normal(0, 8, (SIZE, SIZE))
+        background = np.kron(rng.normal(90, 25, (SIZE // 8, SIZE // 8)), np.ones((8, 8))) + rng.normal(
+            0, 8, (SIZE, SIZE)
+        )
         cy, cx = rng.uniform(8, SIZE - 8, 2)
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 5**2
         label = i % 2
@@ -50,7 +52,9 @@ class TinyNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Linear(16, 2)
 
     def forward(self, x):
@@ -113,7 +117,9 @@ def test_localisation_counts_peak_and_mass():
     region[0, 0] = True
     cam = np.zeros((4, 4))
     cam[0, 0], cam[3, 3] = 1.0, 0.5
-    assert localisation(cam, region) == pytest.approx({"hit": True, "hit_tolerant": True, "mass": 1 / 1.5, "area": 1 / 16})
+    assert localisation(cam, region) == pytest.approx(
+        {"hit": True, "hit_tolerant": True, "mass": 1 / 1.5, "area": 1 / 16}
+    )
     cam[3, 3] = 2.0
     assert localisation(cam, region)["hit"] is False
     assert localisation(np.zeros((4, 4)), region) == {"hit": False, "hit_tolerant": False, "mass": 0.0, "area": 1 / 16}

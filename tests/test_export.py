@@ -11,16 +11,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.cli import app
-from brainmri.export import TOLERANCE
-from brainmri.inference import logits_and_features
-from brainmri.models import build_model
-from brainmri.ood import file_sha256
-from brainmri.preprocess import to_model_input
-from brainmri.temperature import Temperature, softmax
+from brainmri.core.hashing import file_digest
+from brainmri.core.preprocess import to_model_input
+from brainmri.model.architectures import build_model
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.inference import logits_and_features
+from brainmri.model.temperature import Temperature, softmax
+from brainmri.serving.export import TOLERANCE
+from conftest import CLASSES
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32
 TEMPERATURE = 0.5
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.*deprecated:FutureWarning")
@@ -35,10 +35,21 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     checkpoint = folder / "model.pt"
     model = build_model("small_cnn", len(CLASSES), pretrained=False)
-    save_checkpoint(checkpoint, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="v1")
-    Temperature(TEMPERATURE, file_sha256(checkpoint)).save(folder / "temperature.json")
+    save_checkpoint(
+        checkpoint, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="v1"
+    )
+    Temperature(TEMPERATURE, file_digest(checkpoint)).save(folder / "temperature.json")
     result = CliRunner().invoke(
-        app, ["export", "--model", str(checkpoint), "--temperature", str(folder / "temperature.json"), "--out-dir", str(folder / "out")]
+        app,
+        [
+            "export",
+            "--model",
+            str(checkpoint),
+            "--temperature",
+            str(folder / "temperature.json"),
+            "--out-dir",
+            str(folder / "out"),
+        ],
     )
     assert result.exit_code == 0, result.output
     yield checkpoint, folder / "out"
@@ -55,7 +66,9 @@ def test_both_exports_give_the_pytorch_probabilities_at_the_fitted_temperature(e
     model, meta = load_checkpoint(checkpoint)
     logits, _ = logits_and_features(model, images(), meta.image_size)
     expected = softmax(logits, TEMPERATURE)
-    assert np.abs(expected - softmax(logits)).max() > 100 * TOLERANCE, "the temperature must visibly change these probabilities"
+    assert np.abs(expected - softmax(logits)).max() > 100 * TOLERANCE, (
+        "the temperature must visibly change these probabilities"
+    )
     batch = to_model_input(images(), meta.image_size)
     scripted = torch.jit.load(str(out / "model.ts"))
     with torch.inference_mode():

@@ -18,14 +18,13 @@ from typer.testing import CliRunner
 
 from brainmri.cli import app
 from brainmri.config import DedupConfig, EvaluateConfig, ExternalPatients, ExternalSetConfig
-from brainmri.evaluate import evaluate_model
-from brainmri.external import external_metrics, patient_of, read_external, run_external
-from brainmri.features import compute_fingerprints
-from brainmri.metrics import bootstrap_intervals
-from conftest import ROOT, blob_image, write_grey_png, write_zip
+from brainmri.dataset.fingerprints import compute_fingerprints
+from brainmri.evaluation.evaluate import evaluate_model
+from brainmri.evaluation.external import external_metrics, patient_of, read_external, run_external
+from brainmri.evaluation.metrics import bootstrap_intervals
+from conftest import CLASSES, ROOT, blob_image, write_grey_png, write_zip
 from test_evaluate import make_project
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 G, M, N, P = (np.eye(4)[k] for k in range(4))
 
 
@@ -46,7 +45,9 @@ def test_binary_set_gets_detection_only_with_hand_computed_values():
     tumour: sensitivity 2/2, specificity 0/1, ROC-AUC 1 (0.9 and 0.8 above 0.7).
     """
     labels = np.array(["tumor_unknown", "tumor_unknown", "tumor_unknown", "no_tumor", "no_tumor"])
-    proba = probabilities([0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.6, 0.2], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.7, 0.1], [0.5, 0.1, 0.3, 0.1])
+    proba = probabilities(
+        [0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.6, 0.2], [0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.7, 0.1], [0.5, 0.1, 0.3, 0.1]
+    )
     patients = np.array(["A", "A", "B", "B", "C"])
     rejected = np.array([False, False, True, False, False])
     result = external_metrics(labels, proba, CLASSES, rejected=rejected, patients=patients, resamples=50, seed=1)
@@ -75,7 +76,12 @@ def test_three_class_set_is_averaged_over_its_own_classes():
     accuracy 4/6; balanced accuracy (1/2 + 1/2 + 1)/3. Every tumour is called some tumour: sensitivity 1."""
     labels = np.array(["glioma", "glioma", "meningioma", "meningioma", "no_tumor", "no_tumor"])
     proba = probabilities(
-        [0.8, 0.1, 0.05, 0.05], [0.3, 0.1, 0.1, 0.5], [0.1, 0.8, 0.05, 0.05], [0.6, 0.3, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05], [0.1, 0.1, 0.7, 0.1]
+        [0.8, 0.1, 0.05, 0.05],
+        [0.3, 0.1, 0.1, 0.5],
+        [0.1, 0.8, 0.05, 0.05],
+        [0.6, 0.3, 0.05, 0.05],
+        [0.05, 0.05, 0.85, 0.05],
+        [0.1, 0.1, 0.7, 0.1],
     )
     result = external_metrics(labels, proba, CLASSES, resamples=50, seed=1)
 
@@ -84,7 +90,9 @@ def test_three_class_set_is_averaged_over_its_own_classes():
     assert c["accuracy"] == pytest.approx(4 / 6)
     assert c["balanced_accuracy"] == pytest.approx((0.5 + 0.5 + 1) / 3)
     assert c["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
-    assert c["per_class"]["glioma"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "roc_auc": c["per_class"]["glioma"]["roc_auc"]})
+    assert c["per_class"]["glioma"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "roc_auc": c["per_class"]["glioma"]["roc_auc"]}
+    )
     assert (c["per_class"]["meningioma"]["precision"], c["per_class"]["meningioma"]["recall"]) == (1.0, 0.5)
     assert "pituitary" not in c["per_class"]
     # glioma one-vs-rest: glioma scores 0.8, 0.3 against 0.1, 0.6, 0.05, 0.1: 7 of 8 pairs ranked right
@@ -101,13 +109,19 @@ def test_unknown_tumours_take_no_part_in_class_metrics():
     proba = probabilities(G, N, N, M)  # one unknown tumour missed, one called meningioma
     result = external_metrics(labels, proba, CLASSES)
     assert result["classification"]["n"] == 2 and result["classification"]["accuracy"] == 1.0
-    assert result["tumour_detection"]["sensitivity"] == pytest.approx(2 / 3) and result["tumour_detection"]["specificity"] == 1.0
+    assert (
+        result["tumour_detection"]["sensitivity"] == pytest.approx(2 / 3)
+        and result["tumour_detection"]["specificity"] == 1.0
+    )
     assert "accuracy_ci95" not in result["classification"], "no bootstrap asked for"
 
 
 def test_empty_part_reports_its_size_only():
     assert external_metrics(np.array([], dtype=str), np.zeros((0, 4)), CLASSES, rejected=np.zeros(0, dtype=bool)) == {
-        "n": 0, "labels": {}, "ood_rejected": 0, "ood_rejection_rate": None,
+        "n": 0,
+        "labels": {},
+        "ood_rejected": 0,
+        "ood_rejection_rate": None,
     }
 
 
@@ -144,11 +158,16 @@ def test_patient_table_inside_a_zip_names_files_by_their_last_components(tmp_pat
         ("set/slices.csv", table.encode()),
     ]
     path = write_zip(tmp_path / "set.zip", members)
-    spec = ExternalSetConfig(name="s", path=path, labels={"tumour": "tumor_unknown", "no_tumour": "no_tumor"}, patients=ExternalPatients())
+    spec = ExternalSetConfig(
+        name="s", path=path, labels={"tumour": "tumor_unknown", "no_tumour": "no_tumor"}, patients=ExternalPatients()
+    )
     data = read_external(spec)
     assert data.counts == {"unlabelled": 1, "unreadable": 0, "without_patient": 1}
     assert dict(zip(data.rows["relative"], data.rows["patient"])) == {
-        "set/tumour/a_1.jpg": "A", "set/no_tumour/a_2.jpg": "A", "set/tumour/sub/b_1.jpg": "B", "set/tumour/c_1.jpg": "",
+        "set/tumour/a_1.jpg": "A",
+        "set/no_tumour/a_2.jpg": "A",
+        "set/tumour/sub/b_1.jpg": "B",
+        "set/tumour/c_1.jpg": "",
     }
     assert patient_of("x/b_1.jpg", {"sub/b_1.jpg": "B"}) == "", "a trailing part must match whole components"
 
@@ -156,7 +175,10 @@ def test_patient_table_inside_a_zip_names_files_by_their_last_components(tmp_pat
 def test_patient_table_beside_a_folder_and_bad_tables_are_one_line(tmp_path):
     write_grey_png(tmp_path / "set" / "yes" / "1.png", blob_image(np.random.default_rng(1)))
     spec = ExternalSetConfig(
-        name="s", path=tmp_path / "set", labels={"yes": "tumor_unknown"}, patients=ExternalPatients(table="cases.csv", file_column="image", patient_column="case")
+        name="s",
+        path=tmp_path / "set",
+        labels={"yes": "tumor_unknown"},
+        patients=ExternalPatients(table="cases.csv", file_column="image", patient_column="case"),
     )
     with pytest.raises(FileNotFoundError, match="patient table 'cases.csv' is neither inside"):
         read_external(spec)
@@ -178,7 +200,9 @@ def test_patient_table_beside_a_folder_and_bad_tables_are_one_line(tmp_path):
 def test_external_set_params_are_validated():
     with pytest.raises(ValidationError, match="labels must map folder names"):
         ExternalSetConfig(name="x", path=Path("x"), labels={"yes": "tumour"})
-    assert ExternalSetConfig(name="x", path=Path("x"), labels={"yes": "tumor_unknown"}).labels == {"yes": "tumor_unknown"}
+    assert ExternalSetConfig(name="x", path=Path("x"), labels={"yes": "tumor_unknown"}).labels == {
+        "yes": "tumor_unknown"
+    }
     spec = ExternalSetConfig(name="x", path=Path("x"), labels={"a": "glioma"})
     with pytest.raises(ValidationError, match="unique"):
         EvaluateConfig(external=[spec, spec])
@@ -197,20 +221,41 @@ def evaluated(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     table, checkpoint = make_project(root)
-    evaluate_model(table, checkpoint, EvaluateConfig(out_dir=root / "evaluate", bootstrap=0, gradcam_per_class=0, ood_quantile=0.9), seed=3, metrics_dir=root / "metrics")
+    evaluate_model(
+        table,
+        checkpoint,
+        EvaluateConfig(out_dir=root / "evaluate", bootstrap=0, gradcam_per_class=0, ood_quantile=0.9),
+        seed=3,
+        metrics_dir=root / "metrics",
+    )
     torch.set_num_threads(threads)
     (root / "split").mkdir()
     table.to_csv(root / "split" / "split.csv", index=False)
     dedup = DedupConfig()
-    compute_fingerprints(list(table["image_id"]), list(table["path"]), dedup.hash_size, dedup.thumb_size, workers=1, frame_spread=dedup.frame_spread).save(root / "fingerprints.npz")
+    compute_fingerprints(
+        list(table["image_id"]),
+        list(table["path"]),
+        dedup.hash_size,
+        dedup.thumb_size,
+        workers=1,
+        frame_spread=dedup.frame_spread,
+    ).save(root / "fingerprints.npz")
     return root, table, checkpoint
 
 
 def run_set(root: Path, checkpoint: Path, spec: ExternalSetConfig) -> dict:
     return run_external(
-        spec, checkpoint=checkpoint, ood=root / "evaluate" / "ood.npz", temperature=root / "evaluate" / "temperature.json",
-        split_csv=root / "split" / "split.csv", fingerprints=root / "fingerprints.npz", dedup=DedupConfig(), resamples=20, seed=3,
-        out_dir=root / "out" / spec.name, metrics_path=root / "out" / f"{spec.name}.json",
+        spec,
+        checkpoint=checkpoint,
+        ood=root / "evaluate" / "ood.npz",
+        temperature=root / "evaluate" / "temperature.json",
+        split_csv=root / "split" / "split.csv",
+        fingerprints=root / "fingerprints.npz",
+        dedup=DedupConfig(),
+        resamples=20,
+        seed=3,
+        out_dir=root / "out" / spec.name,
+        metrics_path=root / "out" / f"{spec.name}.json",
     )
 
 
@@ -233,11 +278,20 @@ def test_binary_zip_set_with_patients_and_a_copy_of_a_train_image(evaluated, one
     rows.append("copy.jpg,P9")
     members.append(("tcga/slices.csv", "\n".join(rows).encode()))
     spec = ExternalSetConfig(
-        name="binary", path=write_zip(root / "binary.zip", members), labels={"tumour": "tumor_unknown", "no_tumour": "no_tumor"}, patients=ExternalPatients()
+        name="binary",
+        path=write_zip(root / "binary.zip", members),
+        labels={"tumour": "tumor_unknown", "no_tumour": "no_tumor"},
+        patients=ExternalPatients(),
     )
     result = run_set(root, checkpoint, spec)
 
-    assert (result["images"], result["unlabelled"], result["unreadable"], result["without_patient"], result["overlapping_train_val"]) == (13, 0, 0, 0, 1)
+    assert (
+        result["images"],
+        result["unlabelled"],
+        result["unreadable"],
+        result["without_patient"],
+        result["overlapping_train_val"],
+    ) == (13, 0, 0, 0, 1)
     assert json.loads((root / "out" / "binary.json").read_text()) == result
     overlaps = pd.read_csv(root / "out" / "binary" / "overlaps.csv")
     assert [Path(f).name for f in overlaps["file"]] == ["copy.jpg"] and overlaps["split"].tolist() == ["train"]
@@ -248,9 +302,16 @@ def test_binary_zip_set_with_patients_and_a_copy_of_a_train_image(evaluated, one
     metrics = result["clean"]
     assert "classification" not in metrics and metrics["labels"] == {"no_tumor": 4, "tumor_unknown": 8}
     sensitivity, specificity = detection_by_hand(clean)
-    assert (metrics["tumour_detection"]["sensitivity"], metrics["tumour_detection"]["specificity"]) == (pytest.approx(sensitivity), pytest.approx(specificity))
+    assert (metrics["tumour_detection"]["sensitivity"], metrics["tumour_detection"]["specificity"]) == (
+        pytest.approx(sensitivity),
+        pytest.approx(specificity),
+    )
     assert metrics["ood_rejection_rate"] == pytest.approx((clean["ood_verdict"] == "not a brain MRI").mean())
-    patients = clean.assign(actual=clean["label"] != "no_tumor", called=clean["predicted"] != "no_tumor").groupby("patient")[["actual", "called"]].max()
+    patients = (
+        clean.assign(actual=clean["label"] != "no_tumor", called=clean["predicted"] != "no_tumor")
+        .groupby("patient")[["actual", "called"]]
+        .max()
+    )
     assert metrics["per_patient"]["n"] == 4 and metrics["per_patient"]["positives"] == int(patients["actual"].sum())
     assert metrics["per_patient"]["sensitivity"] == pytest.approx(patients.loc[patients["actual"], "called"].mean())
     assert result["with_overlap"]["n"] == 13 and result["with_overlap"]["per_patient"]["n"] == 5
@@ -262,7 +323,9 @@ def test_three_class_folder_set(evaluated, one_torch_thread):
     for folder in ("gl", "me", "healthy"):
         for k in range(4):
             write_grey_png(root / "three" / folder / f"{k}.png", blob_image(rng, 64))
-    spec = ExternalSetConfig(name="three", path=root / "three", labels={"gl": "glioma", "me": "meningioma", "healthy": "no_tumor"})
+    spec = ExternalSetConfig(
+        name="three", path=root / "three", labels={"gl": "glioma", "me": "meningioma", "healthy": "no_tumor"}
+    )
     result = run_set(root, checkpoint, spec)
 
     predictions = pd.read_csv(root / "out" / "three" / "predictions.csv", keep_default_na=False)
@@ -302,7 +365,9 @@ def test_cli_evaluates_a_listed_set_and_prints_a_table(evaluated, params, tmp_pa
     params["train"]["out_dir"] = "build/model"
     labels = {"yes": "tumor_unknown", "no": "no_tumor"}
     params["evaluate"].update(
-        out_dir="build/evaluate", bootstrap=10, external=[{"name": "br", "path": str(tmp_path / "br"), "labels": labels}]
+        out_dir="build/evaluate",
+        bootstrap=10,
+        external=[{"name": "br", "path": str(tmp_path / "br"), "labels": labels}],
     )
     params["split"]["out_dir"] = "build/split"
     params["dedup"]["out_dir"] = "build/dedup"
@@ -311,13 +376,18 @@ def test_cli_evaluates_a_listed_set_and_prints_a_table(evaluated, params, tmp_pa
 
     result = CliRunner().invoke(app, ["external"])
     assert result.exit_code == 0, result.output
-    assert "br (" in result.output and "clean, slices" in result.output and "refused as not a brain MRI" in result.output
+    assert (
+        "br (" in result.output and "clean, slices" in result.output and "refused as not a brain MRI" in result.output
+    )
     written = json.loads((tmp_path / "metrics" / "external" / "br.json").read_text())
     assert written["clean"]["n"] == 6 and written["calibrated"] is True
     assert (tmp_path / "build" / "external" / "br" / "predictions.csv").is_file()
 
     result = CliRunner().invoke(app, ["external", "nope"])
-    assert result.exit_code == 1 and result.output.strip() == "error: no external set 'nope' in evaluate.external (listed: br)"
+    assert (
+        result.exit_code == 1
+        and result.output.strip() == "error: no external set 'nope' in evaluate.external (listed: br)"
+    )
 
 
 # ---------------------------------------------------------------- the DVC stages

@@ -9,7 +9,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from brainmri.config import FetchConfig, SourceConfig, SyntheticConfig
-from brainmri.fetch import FetchError, fetch_sources, fetched_archives
+from brainmri.dataset.fetch import FetchError, fetch_sources, fetched_archives
 
 
 def _source(name="a.zip", **file):

@@ -10,7 +10,6 @@ import io
 import os
 import signal
 import time
-import zipfile
 from pathlib import Path
 
 import h5py
@@ -18,9 +17,9 @@ import numpy as np
 import pytest
 
 from brainmri.config import MergeConfig, SourceConfig
-from brainmri.merge import MergeError, merge_sources
-from brainmri.sources.figshare_mat import BadMat, read_record
-from conftest import write_zip
+from brainmri.dataset.merge import MergeError, merge_sources
+from brainmri.dataset.sources.figshare_mat import BadMat, read_record
+from conftest import CLASSES, write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=5_000_000)
 MATS = SourceConfig(format="figshare_mat", files=[{"name": "mats.zip"}], labels={"1": "meningioma", "2": "glioma"})
@@ -54,7 +53,12 @@ def external(name: str):
         good_fields(group, **WITHOUT[name])
         shape = {"image": (40, 32), "label": (1, 1), "PID": (2, 1), "tumorMask": (40, 32)}[name]
         dtype = {"image": "i2", "label": "u1", "PID": "u2", "tumorMask": "u1"}[name]
-        group.create_dataset(name, shape=shape, dtype=dtype, external=[("/etc/passwd", 0, int(np.prod(shape)) * np.dtype(dtype).itemsize)])
+        group.create_dataset(
+            name,
+            shape=shape,
+            dtype=dtype,
+            external=[("/etc/passwd", 0, int(np.prod(shape)) * np.dtype(dtype).itemsize)],
+        )
 
     return build
 
@@ -74,7 +78,9 @@ def virtual(name: str):
 @pytest.mark.parametrize("kind", [external, virtual])
 def test_mat_datasets_stored_outside_the_file_are_refused(tmp_path, name, kind):
     data = hostile_mat(tmp_path, kind(name))
-    with pytest.raises(BadMat, match=r"^refused \.mat: cjdata/" + name + " (has external storage|is a virtual dataset)"):
+    with pytest.raises(
+        BadMat, match=r"^refused \.mat: cjdata/" + name + " (has external storage|is a virtual dataset)"
+    ):
         read_record(data, LIMITS)
 
 
@@ -131,7 +137,9 @@ def test_mat_fields_of_the_wrong_shape_or_type_are_one_line(tmp_path, field, val
 def test_a_merged_mat_never_carries_a_local_file_into_the_build(tmp_path):
     """End to end: the crafted record is a reject, and no byte of /etc/passwd reaches the merged images."""
     archive = write_zip(tmp_path / "mats.zip", [("evil.mat", hostile_mat(tmp_path, external("image")))])
-    report = merge_sources({"mats": [archive]}, {"mats": MATS}, LIMITS.model_copy(update={"out_dir": tmp_path / "merged"}), workers=1)
+    report = merge_sources(
+        {"mats": [archive]}, {"mats": MATS}, LIMITS.model_copy(update={"out_dir": tmp_path / "merged"}), workers=1
+    )
     assert (report.images, report.rejected, report.reject_reasons) == (0, 1, {"refused .mat": 1})
     assert not list((tmp_path / "merged" / "images").rglob("*.png"))
 
@@ -146,9 +154,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_killed_worker_is_one_line_and_the_previous_outputs_stay_whole(tmp_path, monkeypatch):
-    from brainmri import merge
+    from brainmri.dataset import merge
 
-    archive = write_zip(tmp_path / "mats.zip", [(f"{k}.mat", hostile_mat(tmp_path, lambda group, _path: good_fields(group))) for k in range(4)])
+    archive = write_zip(
+        tmp_path / "mats.zip",
+        [(f"{k}.mat", hostile_mat(tmp_path, lambda group, _path: good_fields(group))) for k in range(4)],
+    )
     cfg = LIMITS.model_copy(update={"out_dir": tmp_path / "build" / "merged"})
     merge_sources({"mats": [archive]}, {"mats": MATS}, cfg, workers=1)
     before = snapshot(cfg.out_dir)
@@ -164,19 +175,43 @@ def test_a_killed_worker_is_one_line_and_the_previous_outputs_stay_whole(tmp_pat
     "edit, message",
     [
         (lambda p: p["fetch"].update(out_dir="data"), "fetch.out_dir 'data' must be a folder inside build/"),
-        (lambda p: p["fetch"].update(out_dir=".", data_dir="build/raw"), "fetch.out_dir '.' must be a folder inside build/"),
-        (lambda p: p["fetch"].update(data_dir="build/raw"), "fetch.out_dir 'build/raw' overlaps the input folder fetch.data_dir"),
+        (
+            lambda p: p["fetch"].update(out_dir=".", data_dir="build/raw"),
+            "fetch.out_dir '.' must be a folder inside build/",
+        ),
+        (
+            lambda p: p["fetch"].update(data_dir="build/raw"),
+            "fetch.out_dir 'build/raw' overlaps the input folder fetch.data_dir",
+        ),
         (lambda p: p["merge"].update(out_dir="build"), "merge.out_dir 'build' must be a folder inside build/"),
         (lambda p: p["merge"].update(out_dir="build/../.."), "must be a folder inside build/"),
         (lambda p: p["dedup"].update(out_dir="build/merged"), "dedup.out_dir 'build/merged' overlaps merge.out_dir"),
-        (lambda p: p["split"].update(dataset_dir="build/split/dataset"), "split.dataset_dir 'build/split/dataset' overlaps split.out_dir"),
-        (lambda p: p["fetch"].update(mirrors=["build/model/mirror"]), "train.out_dir 'build/model' overlaps the input folder fetch.mirrors[0]"),
-        (lambda p: p["sources"].update({"../../../x": p["sources"]["demo_kaggle"]}), "source name(s) ['../../../x'] must be plain folder names"),
-        (lambda p: p["sources"]["demo_kaggle"]["files"][0].update(name="../../x.zip"), "sources.demo_kaggle.files.0.name: String should match pattern"),
-        (lambda p: p["evaluate"].update(external=[{"name": "..", "path": "x", "labels": {"a": "glioma"}}]), "evaluate.external.0.name"),
+        (
+            lambda p: p["split"].update(dataset_dir="build/split/dataset"),
+            "split.dataset_dir 'build/split/dataset' overlaps split.out_dir",
+        ),
+        (
+            lambda p: p["fetch"].update(mirrors=["build/model/mirror"]),
+            "train.out_dir 'build/model' overlaps the input folder fetch.mirrors[0]",
+        ),
+        (
+            lambda p: p["sources"].update({"../../../x": p["sources"]["demo_kaggle"]}),
+            "source name(s) ['../../../x'] must be plain folder names",
+        ),
+        (
+            lambda p: p["sources"]["demo_kaggle"]["files"][0].update(name="../../x.zip"),
+            "sources.demo_kaggle.files.0.name: String should match pattern",
+        ),
+        (
+            lambda p: p["evaluate"].update(external=[{"name": "..", "path": "x", "labels": {"a": "glioma"}}]),
+            "evaluate.external.0.name",
+        ),
         (lambda p: p.update(seed=-1), "seed: Input should be greater than or equal to 0"),
         (lambda p: p.update(seed=2**40), "seed: Input should be less than or equal to 4294967295"),
-        (lambda p: p["train"].update(image_size=100000), "train.image_size: Input should be less than or equal to 1024"),
+        (
+            lambda p: p["train"].update(image_size=100000),
+            "train.image_size: Input should be less than or equal to 1024",
+        ),
         (lambda p: p.pop("train"), "train: Field required"),
     ],
 )
@@ -207,19 +242,25 @@ def test_params_that_are_not_a_text_file_are_one_line(tmp_path, kind):
 
 # --- predict: checkpoints, fitted files, --out and inputs from strangers ------------------------------------------
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
-
 
 @pytest.fixture
 def model_file(tmp_path) -> Path:
     import torch
 
-    from brainmri.checkpoint import save_checkpoint
-    from brainmri.models import build_model
+    from brainmri.model.architectures import build_model
+    from brainmri.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
-    save_checkpoint(path, build_model("small_cnn", 4, pretrained=False), model_name="small_cnn", classes=CLASSES, image_size=32, params={}, data_version="t")
+    save_checkpoint(
+        path,
+        build_model("small_cnn", 4, pretrained=False),
+        model_name="small_cnn",
+        classes=CLASSES,
+        image_size=32,
+        params={},
+        data_version="t",
+    )
     return path
 
 
@@ -267,7 +308,7 @@ class _Evil:
 def bad_checkpoint(kind: str, model_file: Path, tmp_path: Path) -> Path:
     import torch
 
-    from brainmri.models import build_model
+    from brainmri.model.architectures import build_model
 
     path = tmp_path / f"{kind}.pt"
     if kind == "text":
@@ -279,7 +320,11 @@ def bad_checkpoint(kind: str, model_file: Path, tmp_path: Path) -> Path:
     elif kind == "malicious_pickle":
         torch.save({"format_version": 1, "payload": _Evil()}, path)
     elif kind == "other_architecture":
-        return _edited(model_file, tmp_path, lambda p: p.update(state_dict=build_model("resnet18", 4, pretrained=False).state_dict()))
+        return _edited(
+            model_file,
+            tmp_path,
+            lambda p: p.update(state_dict=build_model("resnet18", 4, pretrained=False).state_dict()),
+        )
     elif kind == "three_classes":
         return _edited(model_file, tmp_path, lambda p: p.update(classes=CLASSES[:3]))
     elif kind == "no_image_size":
@@ -332,12 +377,24 @@ def test_a_bad_ood_file_is_one_line(tmp_path, model_file, scan, kind):
 
     from brainmri.cli import app
 
-    args = ["predict", str(scan), "--model", str(model_file), "--ood", str(path), "--no-temperature", "--out", str(tmp_path / "p.csv")]
+    args = [
+        "predict",
+        str(scan),
+        "--model",
+        str(model_file),
+        "--ood",
+        str(path),
+        "--no-temperature",
+        "--out",
+        str(tmp_path / "p.csv"),
+    ]
     result = CliRunner().invoke(app, args)
     assert f"{path}: not an out-of-distribution check written by the evaluate stage" in one_error_line(result)
 
 
-@pytest.mark.parametrize("where", ["folder", "/dev/full", "input", "image_in_an_input_folder", "checkpoint", "under_a_file"])
+@pytest.mark.parametrize(
+    "where", ["folder", "/dev/full", "input", "image_in_an_input_folder", "checkpoint", "under_a_file"]
+)
 def test_out_is_checked_before_any_work_and_never_overwrites_an_input(tmp_path, model_file, scan, where):
     before = {p: p.read_bytes() for p in (scan, model_file)}
     out = {
@@ -370,12 +427,16 @@ def test_nothing_readable_is_an_error_not_an_empty_table(tmp_path, model_file):
     notes.mkdir()
     (notes / "readme.txt").write_text("no images here")
     (notes / "fake.png").write_text("text named like an image")
-    line = one_error_line(predict_cli(tmp_path / "missing.png", notes, "--model", model_file, "--out", tmp_path / "p.csv"))
+    line = one_error_line(
+        predict_cli(tmp_path / "missing.png", notes, "--model", model_file, "--out", tmp_path / "p.csv")
+    )
     assert "nothing readable to predict" in line and "2 file(s) skipped" in line and "missing.png: not found" in line
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_unreadable_and_oversize_files_are_skipped_with_a_reason_and_listed_in_the_csv(tmp_path, model_file, scan, monkeypatch):
+def test_unreadable_and_oversize_files_are_skipped_with_a_reason_and_listed_in_the_csv(
+    tmp_path, model_file, scan, monkeypatch
+):
     import pandas as pd
 
     locked = scan.with_name("locked.png")
@@ -451,7 +512,11 @@ def fuzz_files(tmp_path: Path, rng: np.random.Generator, count: int, suffixes: l
 
 
 def outside(root: Path, build: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and build not in p.parents}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and build not in p.parents
+    }
 
 
 def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monkeypatch):
@@ -463,7 +528,9 @@ def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monk
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(16)
     build = tmp_path / "build"
-    folder_members = [(f"glioma/{name}", data) for name, data in fuzz_files(tmp_path, rng, 100, [".png", ".jpg", ".mat", ".bmp"])]
+    folder_members = [
+        (f"glioma/{name}", data) for name, data in fuzz_files(tmp_path, rng, 100, [".png", ".jpg", ".mat", ".bmp"])
+    ]
     mat_members = fuzz_files(tmp_path, rng, 100, [".mat"])
     write_zip(tmp_path / "folders.zip", folder_members)
     write_zip(tmp_path / "mats.zip", mat_members)
@@ -480,7 +547,9 @@ def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monk
         "folders": SourceConfig(format="image_folder", files=[{"name": "folders.zip"}], labels={"glioma": "glioma"}),
     }
     cfg = LIMITS.model_copy(update={"out_dir": Path("build/merged")})
-    report = merge_sources({"mats": [tmp_path / "mats.zip"], "folders": [tmp_path / "folders.zip"]}, sources, cfg, workers=1)
+    report = merge_sources(
+        {"mats": [tmp_path / "mats.zip"], "folders": [tmp_path / "folders.zip"]}, sources, cfg, workers=1
+    )
     with open("build/merged/manifest.csv") as a, open("build/merged/rejects.csv") as b:
         seen = [row["original_path"] for row in csv.DictReader(a)] + [row["original_path"] for row in csv.DictReader(b)]
     images = [f"folders.zip/{name}" for name, _ in folder_members if Path(name).suffix != ".mat"]
@@ -494,6 +563,8 @@ def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monk
     table = pd.read_csv("build/predictions.csv", keep_default_na=False)
     predicted = table["file"][table["error"] == ""]
     zipped = [f"{tmp_path / 'folders.zip'}/{name}" for name, _ in folder_members if Path(name).suffix != ".mat"]
-    assert sorted(table["file"]) == sorted([str(p) for p in plain.iterdir()] + zipped)  # every file once, predicted or skipped
+    assert sorted(table["file"]) == sorted(
+        [str(p) for p in plain.iterdir()] + zipped
+    )  # every file once, predicted or skipped
     assert 0 < len(predicted) < len(table)
     assert outside(tmp_path, build) == before  # inputs untouched, nothing written beside them

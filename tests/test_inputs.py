@@ -12,9 +12,22 @@ import pandas as pd
 import pytest
 import torch
 
-from brainmri.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from brainmri.config import AugmentConfig, InputConfig, TrainConfig
-from brainmri.data import (
+from brainmri.core.preprocess import (
+    input_box,
+    normalise_input,
+    percentile_stretch,
+    prepare_grey,
+    resize_grey,
+    to_model_input,
+    uint8_batch_to_float,
+)
+from brainmri.evaluation.evaluate import _regions, load_resized
+from brainmri.model.architectures import build_model
+from brainmri.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from brainmri.serving.export import _meta
+from brainmri.serving.predict import decoded_batches, predict_paths
+from brainmri.training.cache import (
     BatchAugment,
     FloatJPEG,
     RandomBiasField,
@@ -25,25 +38,11 @@ from brainmri.data import (
     epoch_batches,
     source_balanced_weights,
 )
-from brainmri.evaluate import _regions, load_resized
-from brainmri.export import _meta
-from brainmri.models import build_model
-from brainmri.predict import decoded_batches, predict_paths
-from brainmri.preprocess import (
-    input_box,
-    normalise_input,
-    percentile_stretch,
-    prepare_grey,
-    resize_grey,
-    to_model_input,
-    uint8_batch_to_float,
-)
-from brainmri.train import recorded_params, train_model
-from conftest import write_grey_png
+from brainmri.training.train import recorded_params, train_model
+from conftest import CLASSES, write_grey_png
 
 HEAD = InputConfig(crop="head")
 BOTH = InputConfig(crop="head", intensity="percentile")
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 HEAD_ROWS, HEAD_COLUMNS = (70, 190), (60, 160)  # the phantom's head: an ellipse filling this box
 
 
@@ -67,7 +66,9 @@ def test_head_crop_keeps_the_head_and_drops_the_border_and_the_corner_text():
     image = phantom()
     top, left, side = input_box(image, HEAD)
     (head_top, head_bottom), (head_left, head_right) = HEAD_ROWS, HEAD_COLUMNS
-    assert top <= head_top and left <= head_left and top + side >= head_bottom and left + side >= head_right  # whole head
+    assert (
+        top <= head_top and left <= head_left and top + side >= head_bottom and left + side >= head_right
+    )  # whole head
     assert side <= 1.1 * (head_bottom - head_top)  # tight: no wide border left
     assert top > 24 or left + side <= 170  # the text block (rows 10-24, columns from 170) lies outside
     view = normalise_input(image, HEAD)
@@ -79,13 +80,19 @@ def test_percentile_normalisation_maps_the_heads_percentiles_to_black_and_white(
     values = np.arange(50, 150, dtype=np.uint8)  # 100 values: percentiles are known
     low, high = np.percentile(values, [1, 99])
     stretched = percentile_stretch(np.array([[low, high, 0, 255]]).round().astype(np.uint8), values)
-    assert stretched.tolist() == [[0, 255, 0, 255]]  # the 1st and 99th percentiles go to black and white, beyond is clipped
+    assert stretched.tolist() == [
+        [0, 255, 0, 255]
+    ]  # the 1st and 99th percentiles go to black and white, beyond is clipped
     mid = percentile_stretch(np.array([[100]], np.uint8), values)[0, 0]
     assert abs(int(mid) - round((100 - low) * 255 / (high - low))) <= 1
     # a darker export of the same head comes out the same: the per-source brightness is gone
     bright = normalise_input(phantom(), InputConfig(intensity="percentile"))
     dark = normalise_input(phantom(gain=0.6), InputConfig(intensity="percentile"))
-    assert np.abs(bright.astype(int) - dark.astype(int)).mean() < 3 < np.abs(phantom().astype(int) - phantom(gain=0.6).astype(int)).mean()
+    assert (
+        np.abs(bright.astype(int) - dark.astype(int)).mean()
+        < 3
+        < np.abs(phantom().astype(int) - phantom(gain=0.6).astype(int)).mean()
+    )
 
 
 def test_defaults_leave_images_untouched_and_the_cache_key_unchanged(tmp_path):
@@ -94,7 +101,9 @@ def test_defaults_leave_images_untouched_and_the_cache_key_unchanged(tmp_path):
     flat = np.full((40, 40), 7, np.uint8)  # no head to find: left as it is
     assert normalise_input(flat, BOTH) is flat
     table = pd.DataFrame({"path": ["a.png", "b.png"], "sha256": ["x", "y"]})
-    before = hashlib.sha256(json.dumps({"image_size": 32, "rows": [["a.png", "x"], ["b.png", "y"]]}).encode()).hexdigest()
+    before = hashlib.sha256(
+        json.dumps({"image_size": 32, "rows": [["a.png", "x"], ["b.png", "y"]]}).encode()
+    ).hexdigest()
     assert cache_key(table, 32) == cache_key(table, 32, InputConfig()) == before  # caches built earlier stay valid
     assert len({cache_key(table, 32), cache_key(table, 32, HEAD), cache_key(table, 32, BOTH)}) == 3
 
@@ -103,9 +112,11 @@ def test_train_cache_evaluate_and_predict_feed_the_model_the_same_tensor(tmp_pat
     path = write_grey_png(tmp_path / "scan.png", phantom(seed=3))
     table = pd.DataFrame({"path": [str(path)]})
     for spec in (InputConfig(), BOTH):
-        cached = uint8_batch_to_float(torch.from_numpy(np.array(cached_images(table, 48, tmp_path / "cache", spec=spec))))
+        cached = uint8_batch_to_float(
+            torch.from_numpy(np.array(cached_images(table, 48, tmp_path / "cache", spec=spec)))
+        )
         evaluated = to_model_input(load_resized([path], 48, spec), 48)
-        (_, decoded), = decoded_batches([path], 8, [])  # predict's reading of the file
+        ((_, decoded),) = decoded_batches([path], 8, [])  # predict's reading of the file
         predicted = to_model_input([normalise_input(image, spec) for image in decoded], 48)
         assert torch.equal(cached, evaluated) and torch.equal(cached, predicted)
     assert not torch.equal(cached, to_model_input([phantom(seed=3)], 48))  # the switches did change the input
@@ -114,7 +125,16 @@ def test_train_cache_evaluate_and_predict_feed_the_model_the_same_tensor(tmp_pat
 def _checkpoint(path: Path, spec: InputConfig) -> Path:
     torch.manual_seed(0)
     model = build_model("small_cnn", len(CLASSES), pretrained=False)
-    save_checkpoint(path, model, model_name="small_cnn", classes=CLASSES, image_size=32, params={}, data_version="v1", preprocess=spec)
+    save_checkpoint(
+        path,
+        model,
+        model_name="small_cnn",
+        classes=CLASSES,
+        image_size=32,
+        params={},
+        data_version="v1",
+        preprocess=spec,
+    )
     return path
 
 
@@ -133,7 +153,9 @@ def test_checkpoint_records_the_settings_and_predict_applies_them(tmp_path, one_
         tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
     probabilities = [f"p_{c}" for c in CLASSES]
     assert (tables["plain"]["file"] == tables["head"]["file"]).all()  # same weights, same files ...
-    assert np.abs(tables["plain"][probabilities].to_numpy() - tables["head"][probabilities].to_numpy()).max() > 1e-4  # ... other input
+    assert (
+        np.abs(tables["plain"][probabilities].to_numpy() - tables["head"][probabilities].to_numpy()).max() > 1e-4
+    )  # ... other input
     payload = torch.load(cropped, weights_only=True)
     payload["preprocess"] = {"crop": "skull"}
     torch.save(payload, tmp_path / "bad.pt")
@@ -163,7 +185,9 @@ def test_tumour_regions_follow_the_crop(tmp_path):
 
 def test_default_training_records_no_new_params_and_a_cropped_run_records_its_settings(tmp_path, one_torch_thread):
     default = recorded_params(TrainConfig())
-    assert "input" not in default and not {"gamma", "bias_field", "downsample_min", "jpeg_quality_min"} & set(default["augment"])
+    assert "input" not in default and not {"gamma", "bias_field", "downsample_min", "jpeg_quality_min"} & set(
+        default["augment"]
+    )
     switched = recorded_params(TrainConfig(input=HEAD, augment=AugmentConfig(gamma=0.3)))
     assert switched["input"] == {"crop": "head", "intensity": "none"} and switched["augment"]["gamma"] == 0.3
     rows = []
@@ -171,8 +195,18 @@ def test_default_training_records_no_new_params_and_a_cropped_run_records_its_se
         label = CLASSES[k % 2]
         path = write_grey_png(tmp_path / f"{k}.png", phantom(seed=k, gain=0.5 if label == "glioma" else 1.0))
         rows.append({"path": str(path), "label": label, "split": split})
-    cfg = TrainConfig(image_size=32, epochs=1, batch_size=4, num_threads=1, pretrained=False, input=BOTH, cache_dir=tmp_path / "cache")
-    train_model(pd.DataFrame(rows), cfg, seed=1, out_dir=tmp_path / "model", live_dir=tmp_path / "live", data_version="v1", classes=CLASSES)
+    cfg = TrainConfig(
+        image_size=32, epochs=1, batch_size=4, num_threads=1, pretrained=False, input=BOTH, cache_dir=tmp_path / "cache"
+    )
+    train_model(
+        pd.DataFrame(rows),
+        cfg,
+        seed=1,
+        out_dir=tmp_path / "model",
+        live_dir=tmp_path / "live",
+        data_version="v1",
+        classes=CLASSES,
+    )
     payload = read_checkpoint(tmp_path / "model" / "model.pt")
     assert payload["preprocess"] == {"crop": "head", "intensity": "percentile"}
     assert payload["params"]["train"]["input"] == payload["preprocess"]
@@ -180,7 +214,12 @@ def test_default_training_records_no_new_params_and_a_cropped_run_records_its_se
 
 def test_scanner_augmentations_are_off_by_default_and_seeded():
     default = BatchAugment(AugmentConfig(), 32).transform.transforms
-    assert [type(step).__name__ for step in default] == ["RandomHorizontalFlip", "RandomResizedCrop", "RandomRotation", "ColorJitter"]
+    assert [type(step).__name__ for step in default] == [
+        "RandomHorizontalFlip",
+        "RandomResizedCrop",
+        "RandomRotation",
+        "ColorJitter",
+    ]
     plain = AugmentConfig(hflip=False, rotation_degrees=0, scale_min=1, brightness=0, contrast=0)
     batch = torch.from_numpy(np.stack([resize_grey(phantom(seed), 32) for seed in range(4)])).unsqueeze(1).float() / 255
     switches = {
@@ -196,7 +235,7 @@ def test_scanner_augmentations_are_off_by_default_and_seeded():
         assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, batch), name
         assert a.shape == batch.shape and a.dtype == batch.dtype and 0 <= a.min() and a.max() <= 1, name
     lowered = BatchAugment(plain.model_copy(update={"downsample_min": 0.25}), 32)(batch, seed=1)
-    assert (lowered.diff(dim=-1).abs().mean() < batch.diff(dim=-1).abs().mean())  # lower resolution: smoother
+    assert lowered.diff(dim=-1).abs().mean() < batch.diff(dim=-1).abs().mean()  # lower resolution: smoother
 
 
 def test_source_balanced_weights_make_classes_and_sources_within_a_class_equally_likely():
@@ -228,10 +267,27 @@ def test_source_balanced_training_runs_is_recorded_and_needs_a_source_column(tmp
         label = CLASSES[k % 2]
         path = write_grey_png(tmp_path / f"{k}.png", phantom(seed=k, gain=0.5 if label == "glioma" else 1.0))
         rows.append({"path": str(path), "label": label, "split": split, "source": "a" if k < 6 else "b"})
-    cfg = TrainConfig(image_size=32, epochs=1, batch_size=4, num_threads=1, pretrained=False, sampling="source_balanced",
-                      cache_dir=tmp_path / "cache")
+    cfg = TrainConfig(
+        image_size=32,
+        epochs=1,
+        batch_size=4,
+        num_threads=1,
+        pretrained=False,
+        sampling="source_balanced",
+        cache_dir=tmp_path / "cache",
+    )
     table = pd.DataFrame(rows)
-    train_model(table, cfg, seed=1, out_dir=tmp_path / "model", live_dir=tmp_path / "live", data_version="v1", classes=CLASSES)
+    train_model(
+        table, cfg, seed=1, out_dir=tmp_path / "model", live_dir=tmp_path / "live", data_version="v1", classes=CLASSES
+    )
     assert read_checkpoint(tmp_path / "model" / "model.pt")["params"]["train"]["sampling"] == "source_balanced"
     with pytest.raises(ValueError, match="source column"):
-        train_model(table.drop(columns="source"), cfg, seed=1, out_dir=tmp_path / "m2", live_dir=tmp_path / "l2", data_version="v1", classes=CLASSES)
+        train_model(
+            table.drop(columns="source"),
+            cfg,
+            seed=1,
+            out_dir=tmp_path / "m2",
+            live_dir=tmp_path / "l2",
+            data_version="v1",
+            classes=CLASSES,
+        )

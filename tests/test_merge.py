@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from brainmri.config import MergeConfig, SourceConfig
-from brainmri.imaging import pixel_sha256
-from brainmri.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, make_image_id, merge_sources
+from brainmri.core.imaging import pixel_sha256
+from brainmri.dataset.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, make_image_id, merge_sources
 from conftest import write_zip
 
 SOURCES = {
@@ -134,10 +134,16 @@ def test_merge_writes_manifest_rejects_and_accounts_for_every_member(archives, t
         "folders.zip/.ipynb_checkpoints/d.jpg": "unknown folder",
     }
 
-    members = {name: sum(len(zipfile.ZipFile(p).infolist()) for p in paths if p.name != "broken.zip") for name, paths in archives.items()}
+    members = {
+        name: sum(len(zipfile.ZipFile(p).infolist()) for p in paths if p.name != "broken.zip")
+        for name, paths in archives.items()
+    }
     for name, counts in report.sources.items():
         assert counts.members == members[name]
-        assert counts.images + counts.rejected + sum(counts.non_image.values()) == counts.members + counts.unreadable_archives
+        assert (
+            counts.images + counts.rejected + sum(counts.non_image.values())
+            == counts.members + counts.unreadable_archives
+        )
     assert report.sources["folders"].non_image == {"annotation": 1, "directory": 1, "other": 1}
     assert report.sources["mats"].non_image == {"other": 1}
     assert report.classes == {"glioma": 3, "meningioma": 1, "no_tumor": 1, "tumor_unknown": 1}
@@ -179,7 +185,10 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(archives, tmp_
 
 
 def test_image_ids_are_stable_and_inputs_are_checked(archives, tmp_path):
-    assert make_image_id("kaggle", "k.zip/glioma/x.jpg") == "kaggle-" + hashlib.sha1(b"k.zip/glioma/x.jpg").hexdigest()[:12]
+    assert (
+        make_image_id("kaggle", "k.zip/glioma/x.jpg")
+        == "kaggle-" + hashlib.sha1(b"k.zip/glioma/x.jpg").hexdigest()[:12]
+    )
     with pytest.raises(ValueError, match="no configuration"):
         merge_sources({"nope": archives["mats"]}, SOURCES, config(tmp_path / "m"))
     with pytest.raises(ValueError, match="several archives named"):

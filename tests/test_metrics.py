@@ -3,9 +3,13 @@
 import numpy as np
 import pytest
 
-from brainmri.metrics import bootstrap_ci, classification_metrics, expected_calibration_error, tumour_detection
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+from brainmri.evaluation.metrics import (
+    bootstrap_ci,
+    classification_metrics,
+    expected_calibration_error,
+    tumour_detection,
+)
+from conftest import CLASSES
 
 
 def one_hot_proba(predicted, confidence=0.7, k=4):
@@ -20,7 +24,9 @@ def test_hand_computed_case():
     m = classification_metrics(y, one_hot_proba(predicted), CLASSES)
     assert m["accuracy"] == pytest.approx(6 / 8)
     # glioma: TP 1, FP 1 (a pituitary), FN 1 → P = R = F1 = 0.5
-    assert m["per_class"]["glioma"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "roc_auc": m["per_class"]["glioma"]["roc_auc"]})
+    assert m["per_class"]["glioma"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "roc_auc": m["per_class"]["glioma"]["roc_auc"]}
+    )
     # meningioma: TP 2, FP 1 → P 2/3, R 1, F1 0.8
     assert m["per_class"]["meningioma"]["precision"] == pytest.approx(2 / 3)
     assert m["per_class"]["meningioma"]["f1"] == pytest.approx(0.8)

@@ -9,11 +9,10 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_image
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.config import MODEL_NAMES
-from brainmri.inference import logits_and_features
-from brainmri.models import (
-    DEFAULT_IMAGE_SIZE,
+from brainmri.core.preprocess import to_model_input
+from brainmri.model.architectures import (
+    MODELS,
     ModelError,
     PretrainedWeightsUnavailable,
     build_model,
@@ -21,7 +20,8 @@ from brainmri.models import (
     efficientnet_lite_imagenet_state,
     gradcam_layer,
 )
-from brainmri.preprocess import to_model_input
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.inference import logits_and_features
 
 BUILDING_CLASSES = {"palace", "bell cote", "castle", "monastery", "church", "boathouse", "stupa"}
 """ImageNet classes that fit scikit-learn's ``china.jpg`` (a temple roof among trees)."""
@@ -53,7 +53,7 @@ def temple_grey() -> np.ndarray:
 
 def test_model_names_match_the_config():
     """Every name builds (the parametrised tests below build each one); an unknown one is a ModelError."""
-    assert set(MODEL_NAMES) == set(DEFAULT_IMAGE_SIZE)
+    assert MODEL_NAMES == tuple(MODELS)
     with pytest.raises(ModelError, match="unknown model"):
         build_model("resnet9000", 4, pretrained=False)
 
@@ -165,7 +165,9 @@ def test_pretrained_head_is_replaced_but_trunk_kept():
     assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
 
 
-@pytest.mark.parametrize("name", [name for name in MODEL_NAMES if name != "vgg16"])  # vgg16: 0.5 GB to write, same path as resnet
+@pytest.mark.parametrize(
+    "name", [name for name in MODEL_NAMES if name != "vgg16"]
+)  # vgg16: 0.5 GB to write, same path as resnet
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, name):
     torch.manual_seed(0)
     model = build_model(name, 3, pretrained=False)

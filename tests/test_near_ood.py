@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainmri.near_ood import ACCEPTED_KINDS, CT_HU, CT_WINDOWS, near_mri_images, packaged_medical_images, window_hu
+from brainmri.synthetic.near_ood import (
+    ACCEPTED_KINDS,
+    CT_HU,
+    CT_WINDOWS,
+    near_mri_images,
+    packaged_medical_images,
+    window_hu,
+)
 
 
 def test_window_maps_hounsfield_units_to_grey_by_hand():
@@ -17,11 +24,16 @@ def test_window_maps_hounsfield_units_to_grey_by_hand():
 def test_generated_set_is_grey_seeded_and_looks_like_ct():
     first, again, other = near_mri_images(5), near_mri_images(5), near_mri_images(6)
     assert [name for _, name, _ in first] == [name for _, name, _ in again]
-    assert all(a.dtype == np.uint8 and a.ndim == 2 and np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(first, again))
+    assert all(
+        a.dtype == np.uint8 and a.ndim == 2 and np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(first, again)
+    )
     assert any(not np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(first, other)), "the seed must matter"
     kinds = [kind for kind, _, _ in first]
     assert {k: kinds.count(k) for k in set(kinds)} == {
-        "ct_head_like_brain_window": 4, "ct_head_like_bone_window": 4, "ct_shepp_logan": 1, "mri_body_like": 4,
+        "ct_head_like_brain_window": 4,
+        "ct_head_like_bone_window": 4,
+        "ct_shepp_logan": 1,
+        "mri_body_like": 4,
     }
     brain_window = {kind: image for kind, _, image in first}
     ct = brain_window["ct_head_like_brain_window"]
@@ -37,8 +49,15 @@ def test_packaged_images_hold_real_ct_mri_and_brain_epi():
     pytest.importorskip("nibabel")
     samples = packaged_medical_images()
     kinds = [kind for kind, _, _ in samples]
-    assert kinds.count("ct_head") == 4 and kinds.count("brain_mri_epi") == 7 and "mri_body" in kinds and "ultrasound" in kinds
-    assert all(image.dtype == np.uint8 and image.ndim == 2 and image.std() > 5 for _, _, image in samples), "decoded, not blank"
+    assert (
+        kinds.count("ct_head") == 4
+        and kinds.count("brain_mri_epi") == 7
+        and "mri_body" in kinds
+        and "ultrasound" in kinds
+    )
+    assert all(image.dtype == np.uint8 and image.ndim == 2 and image.std() > 5 for _, _, image in samples), (
+        "decoded, not blank"
+    )
     head_ct = {name: image for kind, name, image in samples if kind == "ct_head"}
     brain, bone = head_ct["pydicom:J2K_pixelrep_mismatch.dcm:brain"], head_ct["pydicom:J2K_pixelrep_mismatch.dcm:bone"]
     assert (brain == 255).mean() > (bone == 255).mean(), "a brain window saturates more of the slice than a bone window"

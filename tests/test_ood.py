@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainmri.ood import LayerGaussian, OODCheck, detection_summary, fit_ood, non_mri_images
+from brainmri.model.ood import LayerGaussian, OODCheck, detection_summary, fit_ood
+from brainmri.synthetic.non_mri import non_mri_images
 
 
 def clusters(rng: np.random.Generator, n: int, dims: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +27,9 @@ def test_scores_separate_far_points_and_threshold_is_the_val_quantile():
     val_scores = check.score([val])
     assert check.threshold == pytest.approx(np.quantile(val_scores, 0.95, method="higher"))
     assert check.rejects(val_scores).mean() == pytest.approx(0.05, abs=0.01)
-    assert val_scores.mean() == pytest.approx(0.0, abs=1e-9) and val_scores.std() == pytest.approx(1.0)  # standardised on val
+    assert val_scores.mean() == pytest.approx(0.0, abs=1e-9) and val_scores.std() == pytest.approx(
+        1.0
+    )  # standardised on val
     far = train[:50] + rng.normal(0, 30, (50, train.shape[1]))
     assert check.rejects(check.score([far])).mean() == 1.0
     assert np.isfinite(check.score([train])).all() and check.score([np.zeros((0, train.shape[1]))]).shape == (0,)
@@ -52,7 +55,14 @@ def test_score_is_the_mean_standardised_distance_to_the_nearest_class_mean():
     points = np.array([[9.0, 0.0], [0.0, 1.0], [5.0, 0.0]])
     assert block.distance(points) == pytest.approx([1.0, 2.0, 5.0])
     other = LayerGaussian(means=np.zeros((1, 1)), precision=np.eye(1))
-    check = OODCheck((block, other), loc=np.array([1.0, 0.0]), scale=np.array([2.0, 1.0]), threshold=1.5, quantile=0.99, checkpoint_sha256="")
+    check = OODCheck(
+        (block, other),
+        loc=np.array([1.0, 0.0]),
+        scale=np.array([2.0, 1.0]),
+        threshold=1.5,
+        quantile=0.99,
+        checkpoint_sha256="",
+    )
     scores = check.score([points, np.array([[3.0], [0.0], [1.0]])])
     assert scores == pytest.approx([(0.0 + 3.0) / 2, (0.5 + 0.0) / 2, (2.0 + 1.0) / 2])
     assert check.rejects(scores).tolist() == [False, False, False] and check.rejects(np.array([1.6])).tolist() == [True]
@@ -69,7 +79,6 @@ def test_saved_check_loads_identically_and_bytes_are_reproducible(tmp_path):
     loaded = OODCheck.load(tmp_path / "b.npz")
     assert loaded.checkpoint_sha256 == "f" * 64 and loaded.threshold == check.threshold and loaded.quantile == 0.99
     assert len(loaded.layers) == 2 and np.array_equal(loaded.score(blocks), check.score(blocks))
-
 
 
 def test_non_mri_images_are_grey_seeded_and_cover_every_kind():

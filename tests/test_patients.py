@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zipfile
 
 import h5py
 import numpy as np
@@ -12,13 +11,19 @@ import pytest
 from PIL import Image
 
 from brainmri.config import FetchConfig, MergeConfig, PatientTable, SourceConfig, SyntheticConfig
-from brainmri.fetch import fetch_sources, fetched_archives, fetched_patient_tables
-from brainmri.merge import merge_sources
-from brainmri.patients import PatientTableError, read_patient_table
+from brainmri.dataset.fetch import fetch_sources, fetched_archives, fetched_patient_tables
+from brainmri.dataset.merge import merge_sources
+from brainmri.dataset.patients import PatientTableError, read_patient_table
 from conftest import write_zip
 
-TABLE_SPEC = {"name": "patients.csv", "key": "number", "id": "pid", "label": "label", "fold": "fold",
-              "labels": {"1": "meningioma", "2": "glioma", "3": "pituitary"}}
+TABLE_SPEC = {
+    "name": "patients.csv",
+    "key": "number",
+    "id": "pid",
+    "label": "label",
+    "fold": "fold",
+    "labels": {"1": "meningioma", "2": "glioma", "3": "pituitary"},
+}
 
 
 def jpeg(seed: int) -> bytes:
@@ -63,7 +68,10 @@ def merge_jpgs(tmp_path, table, members=None):
     archive = write_zip(tmp_path / "jpgs.zip", members)
     out = tmp_path / "merged"
     report = merge_sources(
-        {"jpgs": [archive]}, {"jpgs": jpg_source()}, MergeConfig(out_dir=out, min_side=8), workers=1,
+        {"jpgs": [archive]},
+        {"jpgs": jpg_source()},
+        MergeConfig(out_dir=out, min_side=8),
+        workers=1,
         patient_tables={"jpgs": table},
     )
     with (out / "manifest.csv").open() as handle:
@@ -77,7 +85,11 @@ def test_merge_fills_patient_ids_and_folds_from_the_table_and_counts_images_with
     report, rows = merge_jpgs(tmp_path, table, members)
     by_number = {row["original_path"].rsplit("/", 1)[1]: row for row in rows}
     assert {k: (v["patient_id"], v["patient_fold"]) for k, v in by_number.items()} == {
-        "1.jpg": ("P7", "1"), "2.jpg": ("P7", "1"), "3.jpg": ("P9", "2"), "4.jpg": ("P5", "3"), "999.jpg": ("", ""),
+        "1.jpg": ("P7", "1"),
+        "2.jpg": ("P7", "1"),
+        "3.jpg": ("P9", "2"),
+        "4.jpg": ("P5", "3"),
+        "999.jpg": ("", ""),
     }
     assert report.sources["jpgs"].without_patient_id == 1
 
@@ -91,8 +103,10 @@ def test_mat_pids_and_the_table_give_the_same_patients(tmp_path):
         format="figshare_mat", files=[{"name": "mats.zip"}], labels={"1": "meningioma", "2": "glioma", "3": "pituitary"}
     )
     merge_sources(
-        {"mats": [mats], "jpgs": [jpgs]}, {"mats": mat_source, "jpgs": jpg_source()},
-        MergeConfig(out_dir=tmp_path / "out", min_side=8), workers=1,
+        {"mats": [mats], "jpgs": [jpgs]},
+        {"mats": mat_source, "jpgs": jpg_source()},
+        MergeConfig(out_dir=tmp_path / "out", min_side=8),
+        workers=1,
         patient_tables={"jpgs": write_table(tmp_path / "patients.csv")},
     )
     with (tmp_path / "out" / "manifest.csv").open() as handle:
@@ -121,7 +135,9 @@ def test_a_broken_table_is_one_line_naming_file_and_line(tmp_path, rows, message
 
 def test_a_missing_column_or_an_unreadable_table_is_named(tmp_path):
     path = write_table(tmp_path / "patients.csv", header="number,label,patient,fold")
-    with pytest.raises(PatientTableError, match=r"patients.csv: no column 'pid' \(columns: number, label, patient, fold\)"):
+    with pytest.raises(
+        PatientTableError, match=r"patients.csv: no column 'pid' \(columns: number, label, patient, fold\)"
+    ):
         read_patient_table(path, PatientTable(**TABLE_SPEC))
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00garbage\x00\xc3")

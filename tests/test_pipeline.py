@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.reproducibility import check_reproducibility
-from brainmri.split import UNSEEDED_FLAG
+from brainmri.ops.reproducibility import check_reproducibility
+from test_stage_deps import covered, module_path, stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
@@ -56,11 +57,44 @@ def make_project(where: Path) -> Path:
     return repo
 
 
+IMPORT_LOG = "first_repro_imports.log"
+"""Beside the scratch project: the first ``dvc repro``'s output, with every stage's imports (``-X importtime``)."""
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     repo = make_project(tmp_path_factory.mktemp("e2e"))
-    run(["dvc", "repro"], repo)
+    full_env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PYTHONPROFILEIMPORTTIME": "1"}
+    result = subprocess.run(
+        ["dvc", "repro"],
+        cwd=repo,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )  # one stream, so each stage's imports follow its "Running stage" line
+    assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-6000:]}"
+    (repo.parent / IMPORT_LOG).write_text(result.stdout)
     return repo
+
+
+def test_every_module_a_stage_imported_is_one_of_its_dependencies(pipeline):
+    """The runtime side of tests/test_stage_deps.py: what each stage really imported is in its dvc.yaml deps."""
+    imported: dict[str, set[str]] = {}
+    stage = None
+    for line in (pipeline.parent / IMPORT_LOG).read_text().splitlines():
+        if match := re.match(r"Running stage '(\S+)'", line):
+            stage = imported.setdefault(match.group(1), set())
+        elif (match := re.match(r"import time:.*\|\s+(brainmri\S*)$", line)) and stage is not None:
+            stage.add(match.group(1))
+    assert set(imported) == {"fetch", "merge", "dedup", "split", "train", "evaluate"}
+    for name, modules in imported.items():
+        deps = [str(dep) for dep in stages()[name]["deps"]]
+        files = [module_path(module) for module in modules]
+        assert len(files) > 5 and all(files), (name, modules)
+        missing = sorted(str(f.relative_to(ROOT)) for f in files if not covered(f, deps))
+        assert not missing, f"stage {name} imported these files, which dvc.yaml does not list as its deps: {missing}"
 
 
 def test_pipeline_writes_metrics_and_plots(pipeline):
@@ -68,7 +102,9 @@ def test_pipeline_writes_metrics_and_plots(pipeline):
     for split in ("val", "test"):
         assert 0.0 <= metrics[split]["accuracy"] <= 1.0
         assert metrics[split]["n"] > 0
-    near = metrics["ood"]["near_distribution"]  # CT-like and body-MRI-like inputs, refused or not by the demo model's check
+    near = metrics["ood"][
+        "near_distribution"
+    ]  # CT-like and body-MRI-like inputs, refused or not by the demo model's check
     assert near["n"] == 13 and {"ct_head_like_brain_window", "mri_body_like"} <= set(near["per_kind"])
     assert set(metrics["localisation_methods"]) == {"gradcam", "gradcam_pp", "input_gradient"}
     merge = json.loads((pipeline / "metrics" / "merge.json").read_text())
@@ -103,8 +139,14 @@ def test_dedup_finds_every_planted_copy_and_merges_no_distinct_phantoms(pipeline
     manifest = pd.read_csv(pipeline / "build" / "dedup" / "manifest.csv", keep_default_na=False)
     cluster = dict(zip(manifest["original_path"], manifest["cluster_id"]))
     key = lambda ref: f"{truth['archives'][ref['archive']]}/{ref['member']}"  # noqa: E731
-    pairs = [p for kind in ("exact_copies", "near_copies", "cross_source_copies", "conflicting_labels") for p in truth[kind]]
-    usable = [(key(p["original"]), key(p["copy"])) for p in pairs if key(p["original"]) in cluster and key(p["copy"]) in cluster]
+    pairs = [
+        p for kind in ("exact_copies", "near_copies", "cross_source_copies", "conflicting_labels") for p in truth[kind]
+    ]
+    usable = [
+        (key(p["original"]), key(p["copy"]))
+        for p in pairs
+        if key(p["original"]) in cluster and key(p["copy"]) in cluster
+    ]
     assert len(usable) > 20
     missed = [(a, b) for a, b in usable if cluster[a] != cluster[b]]
     assert not missed, f"{len(missed)} planted copies not merged, e.g. {missed[:3]}"
@@ -157,13 +199,15 @@ def _set_model_hash(lock: dict) -> None:
 
 
 def test_committed_lock_comparison_fails_on_an_injected_difference(pipeline):
-    from brainmri.reproducibility import compare_with_committed
+    from brainmri.ops.reproducibility import compare_with_committed
 
     run(["dvc", "repro"], pipeline)
     _commit_lock(pipeline)
     lines = []
     assert compare_with_committed(pipeline, echo=lines.append), lines
-    assert lines == [f"{s}: same as the committed lock" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")]
+    assert lines == [
+        f"{s}: same as the committed lock" for s in ("fetch", "merge", "dedup", "split", "train", "evaluate")
+    ]
     _commit_lock(pipeline, _set_model_hash)
     lines = []
     assert not compare_with_committed(pipeline, echo=lines.append)
@@ -172,7 +216,7 @@ def test_committed_lock_comparison_fails_on_an_injected_difference(pipeline):
 
 
 def test_off_the_pinned_path_the_metrics_are_compared_within_tolerance(pipeline):
-    from brainmri.reproducibility import METRIC_TOLERANCE, compare_with_committed
+    from brainmri.ops.reproducibility import METRIC_TOLERANCE, compare_with_committed
 
     provenance = pipeline / "build" / "provenance" / "train.json"
     saved = provenance.read_text()
@@ -198,11 +242,24 @@ def test_off_the_pinned_path_the_metrics_are_compared_within_tolerance(pipeline)
         _commit_lock(pipeline)
 
 
-def test_reproducibility_check_fails_on_an_unseeded_split(pipeline, monkeypatch):
-    monkeypatch.setenv(UNSEEDED_FLAG, "1")
-    lines = []
-    assert not check_reproducibility(pipeline, echo=lines.append)
-    assert any(line.startswith("split: DIFFERS") for line in lines), lines
+UNSEEDED_SPLIT = """import os
+import brainmri.dataset.split as split_module
+seeded = split_module.assign_splits
+split_module.assign_splits = lambda labels, groups, ratios, seed: seeded(labels, groups, ratios, int.from_bytes(os.urandom(4)))
+"""
+"""Put into the scratch project's split stage script: a split that draws a new seed on every run."""
+
+
+def test_reproducibility_check_fails_on_an_unseeded_split(pipeline):
+    stage = pipeline / "stages" / "split.py"
+    original = stage.read_text()
+    stage.write_text(original.replace("from brainmri.cli import app", UNSEEDED_SPLIT + "from brainmri.cli import app"))
+    try:
+        lines = []
+        assert not check_reproducibility(pipeline, echo=lines.append)
+        assert any(line.startswith("split: DIFFERS") for line in lines), lines
+    finally:
+        stage.write_text(original)
 
 
 def test_remote_round_trip(pipeline, tmp_path):
@@ -245,7 +302,7 @@ def test_an_external_set_is_a_stage_whose_files_are_dependencies(pipeline):
     alone, and a forced rerun gives the same bytes."""
     import numpy as np
 
-    from brainmri.reproducibility import compare, pipeline_stages, snapshot
+    from brainmri.ops.reproducibility import compare, pipeline_stages, snapshot
     from conftest import blob_image, write_grey_png
 
     rng = np.random.default_rng(0)
@@ -255,13 +312,19 @@ def test_an_external_set_is_a_stage_whose_files_are_dependencies(pipeline):
             write_grey_png(outside / folder / f"{k}.png", blob_image(rng, 64))
     original = (pipeline / "params.yaml").read_text()
     params = yaml.safe_load(original)
-    params["evaluate"]["external"] = [{"name": "hospital_x", "path": "../hospital_x", "labels": {"yes": "tumor_unknown", "no": "no_tumor"}}]
+    params["evaluate"]["external"] = [
+        {"name": "hospital_x", "path": "../hospital_x", "labels": {"yes": "tumor_unknown", "no": "no_tumor"}}
+    ]
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         out = run(["dvc", "repro"], pipeline)
         assert "Running stage 'external@0'" in out and out.count("Running stage") == 1, out
         result = json.loads((pipeline / "metrics" / "external" / "hospital_x.json").read_text())
-        assert result["clean"]["n"] == 6 and set(result["clean"]["tumour_detection"]) >= {"sensitivity", "specificity", "roc_auc"}
+        assert result["clean"]["n"] == 6 and set(result["clean"]["tumour_detection"]) >= {
+            "sensitivity",
+            "specificity",
+            "roc_auc",
+        }
         assert "Data and pipelines are up to date." in run(["dvc", "status"], pipeline)
 
         write_grey_png(outside / "yes" / "0.png", blob_image(rng, 64))

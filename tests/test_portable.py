@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from brainmri.portable import OPT_OUT, PINNED_ENV, environment_fingerprint, pin_cpu_kernels
+from brainmri.core.portable import OPT_OUT, PINNED_ENV, environment_fingerprint, pin_cpu_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,15 @@ def _clean_environment(**extra: str) -> dict[str, str]:
 
 def _env_when_torch_loads(stage: str, **extra: str) -> dict:
     code = SPY.format(names=sorted(PINNED_ENV), stage=f"stages/{stage}.py")
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_clean_environment(**extra),
-                            capture_output=True, text=True, check=False, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_clean_environment(**extra),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -76,9 +83,9 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 import torch
-from brainmri.checkpoint import read_checkpoint
+from brainmri.model.checkpoint import read_checkpoint
 from brainmri.config import TrainConfig
-from brainmri.train import train_model
+from brainmri.training.train import train_model
 sys.path.insert(0, {benchmarks!r})
 from bench_cross_cpu import weights_sha256
 tmp, threads, name = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -94,8 +101,16 @@ print(json.dumps({{"sha256": weights_sha256(read_checkpoint(out / "model.pt")["s
 def _train_in_child(tmp: Path, threads: int, name: str, cores: set[int] | None = None, **extra: str) -> dict:
     """Train in a fresh process with the pinned environment (plus ``extra``), on ``cores`` only if given."""
     pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-    result = subprocess.run([sys.executable, "-c", CHILD, str(tmp), str(threads), name], cwd=ROOT, preexec_fn=pin,
-                            env=_clean_environment(**PINNED_ENV, **extra), capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp), str(threads), name],
+        cwd=ROOT,
+        preexec_fn=pin,
+        env=_clean_environment(**PINNED_ENV, **extra),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -109,6 +124,8 @@ def test_pinned_training_gives_the_same_weights_on_one_core_or_all(tmp_path):
 
     make_table(tmp_path / "images", {"train": 12, "val": 4}).to_csv(tmp_path / "table.csv", index=False)
     everywhere = _train_in_child(tmp_path, 2, "all-cores")
-    squeezed = _train_in_child(tmp_path, 2, "one-core", cores={min(os.sched_getaffinity(0))}, MKL_ENABLE_INSTRUCTIONS="AVX2")
+    squeezed = _train_in_child(
+        tmp_path, 2, "one-core", cores={min(os.sched_getaffinity(0))}, MKL_ENABLE_INSTRUCTIONS="AVX2"
+    )
     assert everywhere["aten"] == "AVX2", "this CPU cannot run the pinned AVX2 kernels"
     assert everywhere["sha256"] == squeezed["sha256"]

@@ -13,16 +13,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from brainmri.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.cli import app
-from brainmri.imaging import decode_image
-from brainmri.inference import logits_and_features
-from brainmri.models import build_model
-from brainmri.ood import NOT_MRI, LayerGaussian, OODCheck, file_sha256
-from brainmri.predict import LIMITS, predict_paths
-from brainmri.temperature import Temperature, softmax
+from brainmri.core.hashing import file_digest
+from brainmri.core.imaging import decode_image
+from brainmri.model.architectures import build_model
+from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.inference import logits_and_features
+from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck
+from brainmri.model.temperature import Temperature, softmax
+from brainmri.serving.predict import LIMITS, predict_paths
+from conftest import CLASSES
 
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 SIZE = 32
 
 
@@ -35,7 +36,9 @@ def checkpoint(tmp_path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
     model = build_model("small_cnn", len(CLASSES), pretrained=False)
-    save_checkpoint(path, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="test")
+    save_checkpoint(
+        path, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="test"
+    )
     return path
 
 
@@ -115,7 +118,7 @@ def _check_for(checkpoint: Path, accepted: np.ndarray, threshold: float) -> OODC
     model, meta = load_checkpoint(checkpoint)
     _, features = logits_and_features(model, [accepted], meta.image_size)
     blocks = tuple(LayerGaussian(f, np.eye(f.shape[1])) for f in features)
-    return OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), threshold, 0.99, file_sha256(checkpoint))
+    return OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), threshold, 0.99, file_digest(checkpoint))
 
 
 def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
@@ -138,11 +141,24 @@ def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
 
 def test_an_ood_check_of_an_older_format_is_refused_in_one_line(tmp_path, checkpoint):
     old = tmp_path / "old.npz"
-    np.savez(old, means=np.zeros((1, 4)), precision=np.eye(4), threshold=1.0, quantile=0.99, checkpoint_sha256=file_sha256(checkpoint))
+    np.savez(
+        old,
+        means=np.zeros((1, 4)),
+        precision=np.eye(4),
+        threshold=1.0,
+        quantile=0.99,
+        checkpoint_sha256=file_digest(checkpoint),
+    )
     image = tmp_path / "x.png"
     Image.fromarray(slice_like(0)).save(image)
-    result = CliRunner().invoke(app, ["predict", str(image), "--model", str(checkpoint), "--ood", str(old), "--out", str(tmp_path / "o.csv")])
-    assert result.exit_code == 1 and "another version of the check" in result.output and "rerun the evaluate stage" in result.output
+    result = CliRunner().invoke(
+        app, ["predict", str(image), "--model", str(checkpoint), "--ood", str(old), "--out", str(tmp_path / "o.csv")]
+    )
+    assert (
+        result.exit_code == 1
+        and "another version of the check" in result.output
+        and "rerun the evaluate stage" in result.output
+    )
 
 
 def test_an_ood_check_of_another_model_is_refused(tmp_path, checkpoint):
@@ -150,14 +166,18 @@ def test_an_ood_check_of_another_model_is_refused(tmp_path, checkpoint):
     OODCheck((LayerGaussian(np.zeros((1, 4)), np.eye(4)),), np.zeros(1), np.ones(1), 1.0, 0.99, "0" * 64).save(other)
     image = tmp_path / "x.png"
     Image.fromarray(slice_like(0)).save(image)
-    result = CliRunner().invoke(app, ["predict", str(image), "--model", str(checkpoint), "--ood", str(other), "--out", str(tmp_path / "o.csv")])
+    result = CliRunner().invoke(
+        app, ["predict", str(image), "--model", str(checkpoint), "--ood", str(other), "--out", str(tmp_path / "o.csv")]
+    )
     assert result.exit_code == 1 and "fitted for another checkpoint" in result.output
 
 
 def test_cli_without_a_check_says_so_and_predicts(tmp_path, checkpoint, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
-    result = CliRunner().invoke(app, ["predict", "x.png", "--model", str(checkpoint), "--out", "o.csv", "--gradcam", "cams"])
+    result = CliRunner().invoke(
+        app, ["predict", "x.png", "--model", str(checkpoint), "--out", "o.csv", "--gradcam", "cams"]
+    )
     assert result.exit_code == 0, result.output
     assert "not checked for being brain MRI" in result.output and "probabilities are not calibrated" in result.output
     assert len(pd.read_csv(tmp_path / "o.csv")) == 1 and len(list((tmp_path / "cams").glob("*.png"))) == 1
@@ -179,18 +199,33 @@ def test_the_evaluate_stages_temperature_is_applied(tmp_path, checkpoint, monkey
     monkeypatch.chdir(tmp_path)
     Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
     model, meta = load_checkpoint(checkpoint)
-    logits, _ = logits_and_features(model, [decode_image((tmp_path / "x.png").read_bytes(), "x", LIMITS)], meta.image_size)
-    Temperature(0.25, file_sha256(checkpoint)).save(tmp_path / "t.json")
-    result = CliRunner().invoke(app, ["predict", "x.png", "--model", str(checkpoint), "--no-ood", "--temperature", "t.json", "--out", "o.csv"])
+    logits, _ = logits_and_features(
+        model, [decode_image((tmp_path / "x.png").read_bytes(), "x", LIMITS)], meta.image_size
+    )
+    Temperature(0.25, file_digest(checkpoint)).save(tmp_path / "t.json")
+    result = CliRunner().invoke(
+        app, ["predict", "x.png", "--model", str(checkpoint), "--no-ood", "--temperature", "t.json", "--out", "o.csv"]
+    )
     assert result.exit_code == 0, result.output
     reported = pd.read_csv(tmp_path / "o.csv")[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.allclose(reported, softmax(logits, 0.25), atol=1e-6)
-    assert not np.allclose(reported, softmax(logits), atol=1e-3), "the temperature must visibly sharpen these probabilities"
+    assert not np.allclose(reported, softmax(logits), atol=1e-3), (
+        "the temperature must visibly sharpen these probabilities"
+    )
 
 
 def test_a_temperature_of_another_model_is_refused(tmp_path, checkpoint):
     Temperature(0.5, "0" * 64).save(tmp_path / "t.json")
     Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
-    args = ["predict", str(tmp_path / "x.png"), "--model", str(checkpoint), "--temperature", str(tmp_path / "t.json"), "--out", str(tmp_path / "o.csv")]
+    args = [
+        "predict",
+        str(tmp_path / "x.png"),
+        "--model",
+        str(checkpoint),
+        "--temperature",
+        str(tmp_path / "t.json"),
+        "--out",
+        str(tmp_path / "o.csv"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "fitted for another checkpoint" in result.output

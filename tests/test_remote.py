@@ -83,7 +83,10 @@ def make_tiny_project(repo: Path, endpoint: str) -> None:
     (repo / "scans.txt").write_text("glioma\nmeningioma\npituitary\n")
     run(["dvc", "add", "-q", "scans.txt"], repo)
     script = "import pathlib; pathlib.Path('labels.txt').write_text(pathlib.Path('scans.txt').read_text().upper())"
-    run(["dvc", "stage", "add", "-q", "-n", "labels", "-d", "scans.txt", "-o", "labels.txt", f'python -c "{script}"'], repo)
+    run(
+        ["dvc", "stage", "add", "-q", "-n", "labels", "-d", "scans.txt", "-o", "labels.txt", f'python -c "{script}"'],
+        repo,
+    )
     run(["dvc", "repro", "-q"], repo)
     run(["dvc", "remote", "add", "-d", "shared", f"s3://{BUCKET}/store"], repo)
     run(["dvc", "remote", "modify", "shared", "endpointurl", endpoint], repo)

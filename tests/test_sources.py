@@ -19,11 +19,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainmri.config import MergeConfig, SourceConfig
-from brainmri.imaging import BadImage, decode_image, encode_png, int16_to_uint8, pixel_sha256
-from brainmri.sources import MemberTask, Rejected, SafeZip, Skipped, SourceImage, plan_archive, read_archive
-from brainmri.sources.image_folder import parse_yolo_box
-from brainmri.sources.safe_zip import MemberError
+from brainmri.config import SOURCE_FORMATS, MergeConfig, SourceConfig
+from brainmri.core.imaging import BadImage, decode_image, encode_png, int16_to_uint8, pixel_sha256
+from brainmri.dataset.sources import (
+    FORMATS,
+    MemberTask,
+    Rejected,
+    SafeZip,
+    Skipped,
+    SourceImage,
+    plan_archive,
+    read_archive,
+)
+from brainmri.dataset.sources.image_folder import parse_yolo_box
+from brainmri.dataset.sources.safe_zip import MemberError
 from conftest import write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=100_000)
@@ -65,7 +74,9 @@ def mat_bytes(image: np.ndarray, label: float, pid: str | None = "P001", mask: n
     return buffer.getvalue()
 
 
-def read_all(path: Path, source: SourceConfig = FOLDERS, limits: MergeConfig = LIMITS) -> dict[str, SourceImage | Rejected]:
+def read_all(
+    path: Path, source: SourceConfig = FOLDERS, limits: MergeConfig = LIMITS
+) -> dict[str, SourceImage | Rejected]:
     return {item.original_path: item for item in read_archive(path, "src", source, limits)}
 
 
@@ -183,7 +194,11 @@ def test_names_in_any_encoding(tmp_path):
     raw = path.read_bytes().replace(b"NAME1", "tüm1".encode()).replace(b"NAME2", b"caf\x82" + b"2")
     path.write_bytes(raw)
     items = read_all(path)
-    assert sorted(items) == ["folders.zip/glioma/café2.jpg", "folders.zip/glioma/naïve.jpg", "folders.zip/glioma/tüm1.jpg"]
+    assert sorted(items) == [
+        "folders.zip/glioma/café2.jpg",
+        "folders.zip/glioma/naïve.jpg",
+        "folders.zip/glioma/tüm1.jpg",
+    ]
     assert all(isinstance(item, SourceImage) for item in items.values())
 
 
@@ -222,11 +237,17 @@ def test_image_folder_labels_boxes_and_faults(tmp_path):
     ]
     path = write_zip(tmp_path / "folders.zip", members)
     items = read_all(path)
-    a, b, c = (items[f"folders.zip/{n}"] for n in ("Training/glioma/a.jpg", "Testing/notumor/b.jpg", "Testing/glioma/c.jpg"))
+    a, b, c = (
+        items[f"folders.zip/{n}"] for n in ("Training/glioma/a.jpg", "Testing/notumor/b.jpg", "Testing/glioma/c.jpg")
+    )
     assert (a.label, a.box, a.patient_id, a.mask) == ("glioma", (0.5, 0.25, 0.2, 0.1), None, None)
     assert (b.label, b.box, b.pixels.ndim) == ("no_tumor", None, 2)
     assert (c.label, c.box) == ("glioma", None)
-    category = {name.removeprefix("folders.zip/"): item.reason.split(":")[0] for name, item in items.items() if isinstance(item, Rejected)}
+    category = {
+        name.removeprefix("folders.zip/"): item.reason.split(":")[0]
+        for name, item in items.items()
+        if isinstance(item, Rejected)
+    }
     assert category == {
         "Testing/glioma/c.txt": "bad YOLO box",
         "Testing/glioma/.ipynb_checkpoints/c-checkpoint.jpg": "unknown folder",
@@ -240,7 +261,9 @@ def test_image_folder_labels_boxes_and_faults(tmp_path):
     with SafeZip(path, LIMITS.max_member_bytes) as archive:
         planned = list(plan_archive(archive, "src", FOLDERS))
         assert len(planned) == len(archive) == len(members)  # every member accounted for exactly once
-    skipped = {item.original_path.removeprefix("folders.zip/"): item.kind for item in planned if isinstance(item, Skipped)}
+    skipped = {
+        item.original_path.removeprefix("folders.zip/"): item.kind for item in planned if isinstance(item, Skipped)
+    }
     assert skipped == {
         "Training/": "directory",
         "Training/glioma/a.txt": "annotation",
@@ -265,7 +288,11 @@ def test_figshare_mat_reads_label_patient_and_orientation(tmp_path):
     mask[:10, :20] = True
     path = write_zip(
         tmp_path / "mats.zip",
-        [("1.mat", mat_bytes(image, 2.0, "MRN42", mask)), ("2.mat", mat_bytes(image, 3.0, pid=None)), ("README.txt", b"x")],
+        [
+            ("1.mat", mat_bytes(image, 2.0, "MRN42", mask)),
+            ("2.mat", mat_bytes(image, 3.0, pid=None)),
+            ("README.txt", b"x"),
+        ],
     )
     items = read_all(path, FIGSHARE)
     first = items["mats.zip/1.mat"]
@@ -311,3 +338,7 @@ def test_tasks_are_small_and_picklable(tmp_path):
     with SafeZip(path, LIMITS.max_member_bytes) as archive:
         (task,) = plan_archive(archive, "src", FIGSHARE)
     assert isinstance(task, MemberTask) and pickle.loads(pickle.dumps(task)) == task
+
+
+def test_the_config_knows_exactly_the_source_formats_there_are_readers_for():
+    assert SOURCE_FORMATS == tuple(FORMATS)

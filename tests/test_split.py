@@ -3,13 +3,11 @@ import pandas as pd
 import pytest
 
 from brainmri.config import DedupConfig, SplitConfig
-from brainmri.dedup import deduplicate
-from brainmri.features import Fingerprints
-from brainmri.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
-from brainmri.split import LeakageError, audit, check_leakage, make_split
-from conftest import blob_image, write_grey_png
-
-CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
+from brainmri.dataset.dedup import deduplicate
+from brainmri.dataset.fingerprints import Fingerprints
+from brainmri.dataset.linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
+from brainmri.dataset.split import LeakageError, audit, check_leakage, make_split
+from conftest import CLASSES, blob_image, write_grey_png
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +21,26 @@ def deduped(tmp_path_factory):
     for i in range(200):
         pixels = blob_image(rng, 64)
         path = write_grey_png(folder / f"img{i:03d}.png", pixels)
-        rows.append({
-            "image_id": f"s-{i:03d}", "path": str(path), "label": CLASSES[i % 4], "source": "s" if (i // 3) % 5 else "t",
-            "original_path": f"x/{i}", "patient_id": f"P{i // 3}" if i < 120 else "",
-            "sha256": hashlib.sha256(pixels.tobytes()).hexdigest(), "width": 64, "height": 64, "mask_path": "", "box": "",
-        })
+        rows.append(
+            {
+                "image_id": f"s-{i:03d}",
+                "path": str(path),
+                "label": CLASSES[i % 4],
+                "source": "s" if (i // 3) % 5 else "t",
+                "original_path": f"x/{i}",
+                "patient_id": f"P{i // 3}" if i < 120 else "",
+                "sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+                "width": 64,
+                "height": 64,
+                "mask_path": "",
+                "box": "",
+            }
+        )
     frame = pd.DataFrame(rows)
     # patients must share a label to be realistic
-    frame.loc[frame.patient_id != "", "label"] = [CLASSES[int(p[1:]) % 4] for p in frame.loc[frame.patient_id != "", "patient_id"]]
+    frame.loc[frame.patient_id != "", "label"] = [
+        CLASSES[int(p[1:]) % 4] for p in frame.loc[frame.patient_id != "", "patient_id"]
+    ]
     result, prints = deduplicate(frame, DedupConfig(), ["s", "t"], workers=1)
     return result.manifest, prints
 
@@ -159,12 +169,23 @@ def test_the_linker_joins_neighbouring_slices_without_ids_within_source_and_labe
     template = manifest[manifest.patient_id == ""].iloc[0].to_dict()
     rows = []
     for name, pixels, source, label in [
-        ("n-a", base, "s", "glioma"), ("n-b", shifted, "s", "glioma"),  # linked
+        ("n-a", base, "s", "glioma"),
+        ("n-b", shifted, "s", "glioma"),  # linked
         ("n-c", np.roll(base, 2, axis=0), "t", "glioma"),  # other source: not linked by the linker
     ]:
         path = write_grey_png(tmp_path / f"{name}.png", pixels)
-        rows.append({**template, "image_id": name, "path": str(path), "source": source, "label": label,
-                     "cluster_id": f"c-{name}", "kept": True, "sha256": name})
+        rows.append(
+            {
+                **template,
+                "image_id": name,
+                "path": str(path),
+                "source": source,
+                "label": label,
+                "cluster_id": f"c-{name}",
+                "kept": True,
+                "sha256": name,
+            }
+        )
     manifest, prints = _with_rows(manifest, prints, rows, [template["image_id"]] * 3)
     cfg = SplitConfig(same_picture_correlation=None, group_correlation=None)
     table, report = make_split(manifest, prints, DedupConfig(), cfg, seed=42)
@@ -174,7 +195,9 @@ def test_the_linker_joins_neighbouring_slices_without_ids_within_source_and_labe
     leaked = table.copy()
     split_of_a = table.set_index("image_id").at["n-a", "split"]
     leaked.loc[leaked.image_id == "n-b", "split"] = "test" if split_of_a != "test" else "train"
-    result = audit(leaked, prints.subset(leaked["image_id"]), thumbnail_vectors(leaked["path"].tolist()), DedupConfig(), cfg)
+    result = audit(
+        leaked, prints.subset(leaked["image_id"]), thumbnail_vectors(leaked["path"].tolist()), DedupConfig(), cfg
+    )
     assert result["linker_pairs_across_splits"] == 1
     off, _ = make_split(manifest, prints, DedupConfig(), cfg.model_copy(update={"linker_correlation": None}), seed=42)
     off_group = off.set_index("image_id")["group"]

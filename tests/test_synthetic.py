@@ -19,9 +19,9 @@ from PIL import Image
 from scipy import ndimage
 
 from brainmri.config import SyntheticConfig
-from brainmri.synthetic import ARCHIVE_NAMES, TRUTH_NAME, random_anatomy, render_slice, write_demo_archives
+from brainmri.synthetic.archives import ARCHIVE_NAMES, TRUTH_NAME, write_demo_archives
 from brainmri.synthetic.cohort import DISTINCT_BELOW, thumbnail
-from brainmri.synthetic.phantom import patient_positions
+from brainmri.synthetic.phantom import patient_positions, random_anatomy, render_slice
 
 SMALL = SyntheticConfig(seed=3, images_per_class=4, image_size=96)
 

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from brainmri.temperature import Temperature, TemperatureMismatch, fit_temperature, negative_log_likelihood, softmax
+from brainmri.model.temperature import (
+    Temperature,
+    TemperatureMismatch,
+    fit_temperature,
+    negative_log_likelihood,
+    softmax,
+)
 
 
 def test_softmax_at_a_temperature_by_hand():
@@ -22,7 +28,9 @@ def test_negative_log_likelihood_by_hand_and_without_underflow():
     y = np.array([1, 0])
     assert negative_log_likelihood(logits, y) == pytest.approx(-(math.log(0.75) + math.log(0.25)) / 2)
     extreme = np.array([[0.0, 2000.0]])
-    assert negative_log_likelihood(extreme, np.array([0])) == pytest.approx(2000.0), "a confident mistake costs its margin, not inf"
+    assert negative_log_likelihood(extreme, np.array([0])) == pytest.approx(2000.0), (
+        "a confident mistake costs its margin, not inf"
+    )
 
 
 @pytest.mark.parametrize("true_temperature", [0.5, 2.0])

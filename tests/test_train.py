@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-import brainmri.data as data
-import brainmri.train as train
-from brainmri.checkpoint import load_checkpoint, read_checkpoint
+import brainmri.training.cache as data
+import brainmri.training.train as train
 from brainmri.config import AugmentConfig, TrainConfig
-from brainmri.data import BatchAugment, cached_images
-from brainmri.models import build_model
-from brainmri.preprocess import resize_grey
-from brainmri.train import make_optimizer, make_scheduler, train_model
+from brainmri.core.preprocess import resize_grey
+from brainmri.model.architectures import build_model
+from brainmri.model.checkpoint import load_checkpoint, read_checkpoint
+from brainmri.training.cache import BatchAugment, cached_images
+from brainmri.training.train import make_optimizer, make_scheduler, train_model
 
 CLASSES = ["disc", "square"]
 
@@ -57,7 +57,9 @@ def tiny_config(tmp: Path, **changes) -> TrainConfig:
 
 
 def run(table: pd.DataFrame, cfg: TrainConfig, where: Path) -> dict:
-    return train_model(table, cfg, seed=3, out_dir=where / "model", live_dir=where / "live", data_version="v1", classes=CLASSES)
+    return train_model(
+        table, cfg, seed=3, out_dir=where / "model", live_dir=where / "live", data_version="v1", classes=CLASSES
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,10 @@ def test_same_seed_gives_identical_weights(baseline):
     run(table, cfg, tmp / "b")
     first, second = _weights(tmp / "a" / "model" / "last.pt"), _weights(tmp / "b" / "model" / "last.pt")
     assert all(torch.equal(first[key], second[key]) for key in first)
-    for name in ("model.pt", "last.pt"):  # the pipeline's reproducibility check compares bytes (schedule state included)
+    for name in (
+        "model.pt",
+        "last.pt",
+    ):  # the pipeline's reproducibility check compares bytes (schedule state included)
         assert (tmp / "a" / "model" / name).read_bytes() == (tmp / "b" / "model" / name).read_bytes()
 
 
@@ -207,7 +212,9 @@ def test_step_schedule_multiplies_by_gamma_every_step_epochs(tmp_path):
 
 
 def test_plateau_schedule_reduces_after_patience_epochs_and_survives_a_resume(tmp_path):
-    cfg = tiny_config(tmp_path, scheduler="plateau", epochs=8, warmup_epochs=0, lr=0.01, plateau_patience=1, lr_gamma=0.1)
+    cfg = tiny_config(
+        tmp_path, scheduler="plateau", epochs=8, warmup_epochs=0, lr=0.01, plateau_patience=1, lr_gamma=0.1
+    )
     model = build_model("small_cnn", 2, pretrained=False)
     optimizer = make_optimizer(model, cfg)
     schedule = make_scheduler(optimizer, cfg, epoch_steps=2)

@@ -17,27 +17,11 @@ from typing import Annotated
 import typer
 
 from .config import ConfigError, load_config
+from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated params file.")]
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from .checkpoint import CheckpointError
-    from .download import DownloadError
-    from .dvc_run import DvcError
-    from .fetch import FetchError
-    from .merge import MergeError
-    from .models import ModelError
-    from .patients import PatientTableError
-    from .predict import PredictError
-    from .split import LeakageError
-
-    return (
-        ConfigError, FetchError, DownloadError, LeakageError, DvcError, ModelError, CheckpointError, MergeError,
-        PredictError, PatientTableError,
-    )
 
 
 EDGE_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
@@ -52,7 +36,7 @@ def _reports_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except _user_errors() as error:
+        except UserError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
         except typer.Exit:  # a RuntimeError too, but the commands' own way out
@@ -150,14 +134,25 @@ def evaluate(params: ParamsOption = Path("params.yaml")) -> None:
 @app.command()
 @_reports_errors
 def external(
-    names: Annotated[list[str] | None, typer.Argument(help="External sets (names in evaluate.external); default: all.")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="External sets (names in evaluate.external); default: all.")
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the train stage's model.pt).")] = None,
-    ood: Annotated[Path | None, typer.Option(help="Out-of-distribution check fitted for it (default: the evaluate stage's ood.npz).")] = None,
-    no_ood: Annotated[bool, typer.Option("--no-ood", help="Do not count refusals by the out-of-distribution check.")] = False,
-    temperature: Annotated[Path | None, typer.Option(help="Temperature fitted for it (default: the evaluate stage's temperature.json).")] = None,
+    ood: Annotated[
+        Path | None,
+        typer.Option(help="Out-of-distribution check fitted for it (default: the evaluate stage's ood.npz)."),
+    ] = None,
+    no_ood: Annotated[
+        bool, typer.Option("--no-ood", help="Do not count refusals by the out-of-distribution check.")
+    ] = False,
+    temperature: Annotated[
+        Path | None, typer.Option(help="Temperature fitted for it (default: the evaluate stage's temperature.json).")
+    ] = None,
     no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Use the uncalibrated softmax.")] = False,
-    out: Annotated[Path | None, typer.Option(help="JSON file to write (one set only; default metrics/external/<name>.json).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file to write (one set only; default metrics/external/<name>.json).")
+    ] = None,
 ) -> None:
     """Evaluate external sets with an existing checkpoint: tumour detection for every set, metrics over the
     classes a set holds, per patient where a patient table is given; images near-duplicating train/val left out.
@@ -167,10 +162,10 @@ def external(
     build/external/<name>/{predictions.csv,overlaps.csv}; prints a table per set. The DVC stage external@<index>
     runs this for one set.
     """
-    from .external import summary_table
+    from .evaluation.external import summary_table
+    from .model.temperature import TemperatureMismatch
     from .pipeline import run_external
-    from .predict import OODMismatch
-    from .temperature import TemperatureMismatch
+    from .serving.predict import OODMismatch
 
     cfg = load_config(params)
     names = names or [spec.name for spec in cfg.evaluate.external]
@@ -178,7 +173,11 @@ def external(
         raise ConfigError(f"{params}: evaluate.external lists no set")
     if out is not None and len(names) > 1:
         raise ConfigError("--out takes one set; name one")
-    overrides = {k: v for k, v in (("checkpoint", model), ("ood", ood), ("temperature", temperature), ("metrics_path", out)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("checkpoint", model), ("ood", ood), ("temperature", temperature), ("metrics_path", out))
+        if v is not None
+    }
     overrides.update({k: None for k, off in (("ood", no_ood), ("temperature", no_temperature)) if off})
     for name in names:
         try:
@@ -216,7 +215,9 @@ def predict(
     out: Annotated[Path, typer.Option(help="Output table (.csv or .json).")] = Path("predictions.csv"),
     ood: Annotated[
         Path | None,
-        typer.Option(help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."),
+        typer.Option(
+            help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."
+        ),
     ] = None,
     no_ood: Annotated[bool, typer.Option("--no-ood", help="Give every image a class, brain MRI or not.")] = False,
     temperature: Annotated[
@@ -235,8 +236,8 @@ def predict(
     probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable). With --gradcam, writes one overlay
     PNG per predicted image there.
     """
-    from .predict import OODMismatch, predict_paths
-    from .temperature import TemperatureMismatch
+    from .model.temperature import TemperatureMismatch
+    from .serving.predict import OODMismatch, predict_paths
 
     ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")
@@ -265,10 +266,12 @@ def export(
     (classes, image size, temperature, input contract) to --out-dir; exits 1 if either export's probabilities
     differ from PyTorch's.
     """
-    from .export import ExportMismatch, export_checkpoint
-    from .temperature import TemperatureMismatch
+    from .model.temperature import TemperatureMismatch
+    from .serving.export import ExportMismatch, export_checkpoint
 
-    temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated")
+    temperature = _fitted_file(
+        temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated"
+    )
     try:
         _summary("export", export_checkpoint(model, out_dir, temperature=temperature))
     except (ExportMismatch, TemperatureMismatch) as error:
@@ -287,7 +290,7 @@ def check_repro(repo: Annotated[Path, typer.Option(help="Repository root holding
     if its metrics move more than the tolerance) or from its rerun, if a second `dvc repro` has work to do, or if
     `dvc status` is not clean.
     """
-    from .reproducibility import check_reproducibility
+    from .ops.reproducibility import check_reproducibility
 
     if not check_reproducibility(repo.resolve(), echo=typer.echo):
         raise typer.Exit(1)
@@ -297,13 +300,15 @@ def check_repro(repo: Annotated[Path, typer.Option(help="Repository root holding
 @_reports_errors
 def report(
     base: Annotated[str, typer.Option(help="Git revision to compare with.")] = "main",
-    out: Annotated[Path, typer.Option(help="Markdown file to write; plot PNGs go to report_plots/ beside it.")] = Path("report.md"),
+    out: Annotated[Path, typer.Option(help="Markdown file to write; plot PNGs go to report_plots/ beside it.")] = Path(
+        "report.md"
+    ),
 ) -> None:
     """Write a pull-request report: params, metrics and plots of the workspace against --base.
 
     Reads dvc.yaml, the metrics/plots files and their versions at --base. Writes --out and its PNGs.
     """
-    from .report import write_report
+    from .ops.report import write_report
 
     typer.echo(f"wrote {write_report(Path('.').resolve(), base, out.resolve())}")
 
@@ -316,7 +321,7 @@ def demo(params: ParamsOption = Path("params.yaml")) -> None:
     Creates data/ if missing (the folder of hand-supplied archives that data.dvc tracks). Writes everything
     the stages write; ends with the val and test accuracy and macro-F1.
     """
-    from .dvc_run import run_dvc
+    from .ops.dvc_run import run_dvc
 
     load_config(params)  # fail on bad params before any work
     Path("data").mkdir(exist_ok=True)
@@ -339,4 +344,3 @@ def _print_headline(metrics_path: Path) -> None:
             f"{split}: n={m['n']} accuracy {m['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) "
             f"macro-F1 {m['macro_f1']:.3f} balanced accuracy {m['balanced_accuracy']:.3f}"
         )
-

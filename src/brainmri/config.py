@@ -11,8 +11,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from ruamel.yaml import YAML, YAMLError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML, YAMLError
+
+from .errors import UserError
 
 CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
 """The four diagnostic classes, in the order the model's outputs use."""
@@ -21,6 +23,8 @@ EXTRA_LABELS: tuple[str, ...] = ("tumor_unknown",)
 """Labels a source may carry that are not one of the four classes (Br35H ``yes``)."""
 
 SOURCE_FORMATS = ("figshare_mat", "image_folder")
+"""The keys of ``brainmri.dataset.sources.FORMATS`` (one reader module each), listed here so params validate
+without importing the readers; tests/test_sources.py checks that the two agree."""
 SYNTHETIC_KINDS = ("figshare", "kaggle", "sartaj", "br35h")
 MODEL_NAMES = (
     "small_cnn",
@@ -33,6 +37,8 @@ MODEL_NAMES = (
     "convnext_tiny",
     "vgg16",
 )
+"""The names of ``brainmri.model.architectures.MODELS`` (the registry: builder, input size, normalisation), listed
+here so params validate without importing torch; tests/test_models.py checks that the two agree."""
 
 
 BUILD_DIR = Path("build")
@@ -47,7 +53,7 @@ MAX_SEED = 2**32 - 1
 """numpy's legacy seeding and ``torch.manual_seed`` on every platform take seeds up to this."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params file that cannot be used; the message is one line meant for a person."""
 
 
@@ -92,7 +98,9 @@ class PatientTable(SourceFile):
     @model_validator(mode="after")
     def _label_needs_map(self) -> "PatientTable":
         if self.label is not None and not self.labels:
-            raise ValueError(f"patient table {self.name}: 'label: {self.label}' needs 'labels' mapping its values to classes")
+            raise ValueError(
+                f"patient table {self.name}: 'label: {self.label}' needs 'labels' mapping its values to classes"
+            )
         bad = sorted(set(self.labels.values()) - set(CLASSES))
         if bad:
             raise ValueError(f"patient table {self.name}: unknown label(s) {bad} (allowed: {', '.join(CLASSES)})")
@@ -177,30 +185,23 @@ class MergeConfig(_Strict):
 
 
 class DedupConfig(_Strict):
-    """How duplicates are found (``brainmri.features``, ``brainmri.dedup``).
+    """How duplicates are found (``brainmri.dataset.fingerprints``, ``brainmri.dataset.dedup``).
 
     Two images are duplicates when their pixels are identical, or when the pHashes of their core
     frames are within ``max_hamming`` bits *and* their grey thumbnails correlate at least
     ``min_correlation``. The defaults were chosen by measurement on real images, with
-    ``python benchmarks/calibrate_dedup.py --archives`` (``metrics/dedup_calibration.json``): of 40
-    settings (whole image or core frame of spread 0.6-1.0, 64- or 256-bit hash, thumbnails 16-64)
-    and a grid of thresholds, this one clears precision 0.99 and recall 0.98 by the widest margin
-    (spreads 0.6 and 0.8 come within 0.0002 of it). Measured unchanged on a held-out set (other
-    patients, other originals) of 4,200 known copies of 600 real slices (resized, JPEG q50-95, RGB
-    round trip, brightness/contrast, 2-5% crops, and combinations) and 4,082 distinct pairs (1,482
-    neighbouring figshare slices, 600 look-alikes, 2,000 random): precision 0.997, recall 0.990
-    (crops 0.975, combinations 0.977, resizing 0.998, the rest 1.0); the false merges are
-    neighbouring slices of one scan (0.7% of them). On the calibration set the whole-image
-    fingerprints used before (256-bit hash within 40, 32x32 thumbnail at 0.97) measure precision
-    0.964 and recall 0.626: they miss cropped and re-framed copies and merge neighbouring slices,
-    whose shared skull outline dominates a whole-image thumbnail. A 64-bit hash at radius 8 is what
-    the pair index searches fast (1M hashes in ~20 s, ``benchmarks/bench_dedup.py``); 256-bit
-    hashes at the radius searched as fast (32) do no better (recall at precision 0.99: 0.983 at
-    best, against 0.990 here).
+    ``python benchmarks/calibrate_dedup.py --archives``: the setting and thresholds that clear the
+    precision and recall goals by the widest margin. A core frame rather than the whole image: the
+    shared skull outline of neighbouring slices dominates a whole-image thumbnail, and crops move it.
+    A 64-bit hash: it is what the pair index searches fast, and longer hashes did no better. The
+    measured numbers are in ``metrics/dedup_calibration.json`` and README ("How the dedup thresholds
+    were chosen"); the datasheet quotes them for the thresholds in use.
     """
 
     out_dir: Path = Path("build/dedup")
-    frame_spread: float | None = Field(0.7, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image")
+    frame_spread: float | None = Field(
+        0.7, gt=0, description="fingerprint the core frame, median ± this × IQR; null: the whole image"
+    )
     hash_size: int = Field(8, ge=4, description="pHash side; the hash has hash_size**2 bits")
     max_hamming: int = Field(8, ge=0, description="candidate pairs: pHash Hamming distance at most this")
     thumb_size: int = Field(16, ge=8, description="side of the grey thumbnails compared at pixel level")
@@ -232,11 +233,14 @@ class SplitConfig(_Strict):
         le=1,
         description=(
             "same-patient linker for images without a patient id: each joins its nearest neighbour of the same "
-            "source and label when their 32x32 thumbnails correlate this much (brainmri.linker); null: off"
+            "source and label when their 32x32 thumbnails correlate this much (brainmri.dataset.linker); null: off"
         ),
     )
     same_picture_correlation: float | None = Field(
-        0.95, ge=-1, le=1, description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off"
+        0.95,
+        ge=-1,
+        le=1,
+        description="any two kept images whose 32x32 thumbnails correlate this much stay together; null: off",
     )
     folds: int = Field(0, ge=0, description="also assign train+val rows to this many grouped, stratified folds; 0: off")
     table_folds: bool = Field(
@@ -255,7 +259,7 @@ class SplitConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Augmentations applied to training batches only (see ``brainmri.data``)."""
+    """Augmentations applied to training batches only (see ``brainmri.training.cache``)."""
 
     hflip: bool = True
     rotation_degrees: float = Field(10.0, ge=0, le=180)
@@ -265,24 +269,36 @@ class AugmentConfig(_Strict):
     # Off by default: not shown to help on these sets, whose images are reconstructed clinical slices that vary
     # far more in brightness and contrast than in sharpness or noise; and both can wipe out a small lesion,
     # which is the very signal the classes differ by. Worth trying for data from older or low-field scanners.
-    blur_sigma: float = Field(0.0, ge=0, le=5, description="Gaussian blur, sigma drawn from [0.1, blur_sigma] px; 0: off")
+    blur_sigma: float = Field(
+        0.0, ge=0, le=5, description="Gaussian blur, sigma drawn from [0.1, blur_sigma] px; 0: off"
+    )
     noise_std: float = Field(0.0, ge=0, le=0.5, description="additive Gaussian noise std on [0, 1] pixels; 0: off")
     # Scanner and sequence differences (issue 12), off by default and not yet measured on real data.
     gamma: float = Field(0.0, ge=0, le=2, description="random gamma, log-uniform in [1/(1+gamma), 1+gamma]; 0: off")
     bias_field: float = Field(
-        0.0, ge=0, le=1, description="smooth multiplicative field exp(a * f), |f| <= 1 low-frequency, a up to this; 0: off"
+        0.0,
+        ge=0,
+        le=1,
+        description="smooth multiplicative field exp(a * f), |f| <= 1 low-frequency, a up to this; 0: off",
     )
     downsample_min: float = Field(
-        1.0, ge=0.1, le=1, description="down-up resampling to a factor drawn from [downsample_min, 1] of the side; 1: off"
+        1.0,
+        ge=0.1,
+        le=1,
+        description="down-up resampling to a factor drawn from [downsample_min, 1] of the side; 1: off",
     )
-    jpeg_quality_min: int = Field(100, ge=1, le=100, description="JPEG re-encoding at a quality drawn from [this, 100]; 100: off")
+    jpeg_quality_min: int = Field(
+        100, ge=1, le=100, description="JPEG re-encoding at a quality drawn from [this, 100]; 100: off"
+    )
 
 
 class InputConfig(_Strict):
-    """How an image is cut and scaled before resizing (``brainmri.preprocess.normalise_input``); recorded in the
+    """How an image is cut and scaled before resizing (``brainmri.core.preprocess.normalise_input``); recorded in the
     checkpoint, so evaluate, predict, external sets and export apply what training used. Not yet measured on real data."""
 
-    crop: Literal["none", "head"] = Field("none", description="head: crop to the head's bounding box, padded to a square")
+    crop: Literal["none", "head"] = Field(
+        "none", description="head: crop to the head's bounding box, padded to a square"
+    )
     intensity: Literal["none", "percentile"] = Field(
         "none", description="percentile: map the 1st-99th percentile of the head's pixels to [0, 255], per image"
     )
@@ -300,9 +316,11 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["onecycle", "cosine", "step", "plateau"] = Field(
-        "onecycle", description="per-step LR schedule; all warm up first (see brainmri.train.lr_factor)"
+        "onecycle", description="per-step LR schedule; all warm up first (see brainmri.training.train.lr_factor)"
     )
-    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up (cosine, step, plateau) or rise (one-cycle) length")
+    warmup_epochs: float = Field(
+        1.0, ge=0, description="linear warm-up (cosine, step, plateau) or rise (one-cycle) length"
+    )
     lr_step_epochs: float = Field(3.0, gt=0, description="step: multiply the LR by lr_gamma every this many epochs")
     lr_gamma: float = Field(0.1, gt=0, lt=1, description="step, plateau: the LR multiple of one reduction")
     plateau_patience: int = Field(
@@ -317,17 +335,19 @@ class TrainConfig(_Strict):
     sampling: Literal["shuffle", "source_balanced"] = Field(
         "shuffle",
         description="shuffle: each training image once per epoch; source_balanced: draw (with replacement) so every "
-        "class is equally likely and, within a class, every source that has it (brainmri.data.source_balanced_weights)",
+        "class is equally likely and, within a class, every source that has it (brainmri.training.cache.source_balanced_weights)",
     )
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_bf16: bool = Field(
         False,
         description="bf16 autocast when training on a CPU with AVX512-BF16 or AMX and native kernels "
-        "(BRAINMRI_NATIVE_CPU=1); elsewhere fp32, with a note (brainmri.device.cpu_bf16_usable)",
+        "(BRAINMRI_NATIVE_CPU=1); elsewhere fp32, with a note (brainmri.training.device.cpu_bf16_usable)",
     )
     num_threads: int = Field(
-        0, ge=0, description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)"
+        0,
+        ge=0,
+        description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)",
     )
     num_workers: int = Field(0, ge=0, description="threads decoding images into the tensor cache; 0: one per core")
     cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
@@ -347,7 +367,9 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _fine_tunes_after_freezing(self) -> "TrainConfig":
         if self.freeze_epochs >= self.epochs:
-            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}), or the trunk never trains")
+            raise ValueError(
+                f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs}), or the trunk never trains"
+            )
         return self
 
 
@@ -433,7 +455,9 @@ class Config(_Strict):
     def _safe_source_names(cls, value: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
         bad = sorted(name for name in value if not re.match(SAFE_NAME, name))
         if bad:
-            raise ValueError(f"source name(s) {bad} must be plain folder names (letters, digits, _ . -, no leading dot)")
+            raise ValueError(
+                f"source name(s) {bad} must be plain folder names (letters, digits, _ . -, no leading dot)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -459,13 +483,17 @@ class Config(_Strict):
         for key, folder in outputs.items():
             where = (Path.cwd() / folder).resolve()
             if build not in where.parents:
-                raise ValueError(f"{key} {str(folder)!r} must be a folder inside {BUILD_DIR}/ (stages delete and rewrite it)")
+                raise ValueError(
+                    f"{key} {str(folder)!r} must be a folder inside {BUILD_DIR}/ (stages delete and rewrite it)"
+                )
             for other, taken in seen.items():
                 if _overlap(where, other):
                     raise ValueError(f"{key} {str(folder)!r} overlaps {taken}; each stage needs a folder of its own")
             for name, given in inputs.items():
                 if _overlap(where, (Path.cwd() / given).resolve()):
-                    raise ValueError(f"{key} {str(folder)!r} overlaps the input folder {name} {str(given)!r}, which it would delete")
+                    raise ValueError(
+                        f"{key} {str(folder)!r} overlaps the input folder {name} {str(given)!r}, which it would delete"
+                    )
             seen[where] = key
         return self
 
@@ -473,8 +501,7 @@ class Config(_Strict):
     def _sets_name_sources(self) -> "Config":
         if self.fetch.source_set not in self.source_sets:
             raise ValueError(
-                f"fetch.source_set {self.fetch.source_set!r} is not one of source_sets "
-                f"({', '.join(self.source_sets)})"
+                f"fetch.source_set {self.fetch.source_set!r} is not one of source_sets ({', '.join(self.source_sets)})"
             )
         for set_name, names in self.source_sets.items():
             missing = [n for n in names if n not in self.sources]

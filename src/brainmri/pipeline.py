@@ -7,14 +7,14 @@ name, which calls the function here. The paths written here are the ones
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from .config import Config
-from .portable import is_pinned
+from .core.hashing import file_digest
+from .core.portable import is_pinned
 
 METRICS_DIR = Path("metrics")
 EXTERNAL_DIR = Path("build/external")
@@ -26,15 +26,15 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def run_fetch(cfg: Config) -> dict:
-    from .fetch import fetch_sources
+    from .dataset.fetch import fetch_sources
 
     fetched = fetch_sources(cfg.active_sources(), cfg.fetch, cfg.synthetic)
     return {"files": len(fetched), "bytes": sum(f.bytes for f in fetched)}
 
 
 def run_merge(cfg: Config) -> dict:
-    from .fetch import fetched_archives, fetched_patient_tables
-    from .merge import merge_sources
+    from .dataset.fetch import fetched_archives, fetched_patient_tables
+    from .dataset.merge import merge_sources
 
     report = merge_sources(
         fetched_archives(cfg.fetch.out_dir),
@@ -49,20 +49,24 @@ def run_merge(cfg: Config) -> dict:
 
 
 def run_dedup(cfg: Config) -> dict:
-    from .dedup import deduplicate, write_outputs
+    from .dataset.dedup import deduplicate, write_outputs
 
-    manifest = pd.read_csv(cfg.merge.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False)
+    manifest = pd.read_csv(
+        cfg.merge.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False
+    )
     result, fingerprints = deduplicate(manifest, cfg.dedup, list(cfg.active_sources()))
     write_outputs(result, fingerprints, cfg.dedup.out_dir, METRICS_DIR / "dedup.json")
     return result.report
 
 
 def run_split(cfg: Config) -> dict:
-    from .datasheet import write_datasheet
-    from .features import Fingerprints
-    from .split import check_leakage, make_split, publish_dataset, write_outputs
+    from .dataset.datasheet import write_datasheet
+    from .dataset.fingerprints import Fingerprints
+    from .dataset.split import check_leakage, make_split, publish_dataset, write_outputs
 
-    manifest = pd.read_csv(cfg.dedup.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False)
+    manifest = pd.read_csv(
+        cfg.dedup.out_dir / "manifest.csv", dtype={"patient_id": str, "patient_fold": str}, keep_default_na=False
+    )
     fingerprints = Fingerprints.load(cfg.dedup.out_dir / "fingerprints.npz")
     table, report = make_split(manifest, fingerprints, cfg.dedup, cfg.split, cfg.seed)
     write_outputs(table, report, cfg.split.out_dir, METRICS_DIR / "split.json")
@@ -75,11 +79,11 @@ def run_split(cfg: Config) -> dict:
 
 def data_version(split_csv: Path) -> str:
     """The data a model was trained on, named by the hash of the split file."""
-    return "sha256:" + hashlib.sha256(split_csv.read_bytes()).hexdigest()
+    return "sha256:" + file_digest(split_csv)
 
 
 def run_train(cfg: Config) -> dict:
-    from .train import train_model
+    from .training.train import train_model
 
     split_csv = cfg.split.out_dir / "split.csv"
     table = pd.read_csv(split_csv, keep_default_na=False)
@@ -109,7 +113,7 @@ def use_training_kernels(cfg: Config) -> None:
 
 
 def run_evaluate(cfg: Config) -> dict:
-    from .evaluate import evaluate_model
+    from .evaluation.evaluate import evaluate_model
 
     use_training_kernels(cfg)
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
@@ -139,7 +143,7 @@ def run_external(cfg: Config, name: str, **paths: Path | None) -> dict:
     """Evaluate one external set with the pipeline's checkpoint and the evaluate stage's files; ``paths``
     override them (``checkpoint``, ``ood``, ``temperature``, ``split_csv``, ``fingerprints``, ``out_dir``,
     ``metrics_path``; ``ood``/``temperature`` None: go without)."""
-    from .external import run_external as evaluate_set
+    from .evaluation.external import run_external as evaluate_set
 
     use_training_kernels(cfg)
     defaults = {
@@ -152,5 +156,9 @@ def run_external(cfg: Config, name: str, **paths: Path | None) -> dict:
         "metrics_path": METRICS_DIR / "external" / f"{name}.json",
     }
     return evaluate_set(
-        external_set(cfg, name), dedup=cfg.dedup, resamples=cfg.evaluate.bootstrap, seed=cfg.seed, **{**defaults, **paths}
+        external_set(cfg, name),
+        dedup=cfg.dedup,
+        resamples=cfg.evaluate.bootstrap,
+        seed=cfg.seed,
+        **{**defaults, **paths},
     )

@@ -1,11 +1,8 @@
-"""Synthetic demo data: brain-slice phantoms written in the real sources' archive formats.
+"""Synthetic data: brain-slice phantoms written in the real sources' archive formats, and non-MRI pictures.
 
 ``phantom`` renders slices, ``cohort`` draws pairwise-distinct patients,
 ``matfile`` writes figshare's MATLAB v7.3 files and ``archives`` assembles the
-four demo zips with their planted faults and ``demo_truth.json``.
+four demo zips with their planted faults and ``demo_truth.json``; ``non_mri``
+makes the pictures the out-of-distribution check is measured on. Import the
+module you need: a stage imports only what it uses (its DVC dependencies).
 """
-
-from brainmri.synthetic.archives import ARCHIVE_NAMES, TRUTH_NAME, write_demo_archives
-from brainmri.synthetic.phantom import Anatomy, Slice, random_anatomy, render_slice
-
-__all__ = ["ARCHIVE_NAMES", "TRUTH_NAME", "Anatomy", "Slice", "random_anatomy", "render_slice", "write_demo_archives"]

@@ -363,12 +363,8 @@ def _checkpoint_copy(demo: _Demo) -> None:
 
 
 def _sartaj_folder(demo: _Demo, split: str, label: str) -> _Folder:
-    if split == "Testing":
-        namer: Callable[[int], str] = lambda i: f"image({i + 1}).jpg"
-    else:
-        prefix = SARTAJ_PREFIXES[label]
-        namer = lambda i: f"{prefix} ({i + 1}).jpg"
-    return demo.folder("sartaj", f"{split}/{SARTAJ_FOLDERS[label]}", namer)
+    prefix = "image" if split == "Testing" else f"{SARTAJ_PREFIXES[label]} "  # image(1).jpg, "gg (1).jpg"
+    return demo.folder("sartaj", f"{split}/{SARTAJ_FOLDERS[label]}", lambda i: f"{prefix}({i + 1}).jpg")
 
 
 def _kaggle_folder(demo: _Demo, split: str, label: str) -> _Folder:

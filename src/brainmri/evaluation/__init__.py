@@ -1,0 +1,1 @@
+"""The evaluate and external stages: metrics, figures, the model card."""

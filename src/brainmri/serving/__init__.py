@@ -1,0 +1,1 @@
+"""Using a trained checkpoint outside the pipeline: predict and export."""

@@ -1,0 +1,1 @@
+"""The train stage: tensor cache, device switches, the training loop, multi-GPU."""
