@@ -18,7 +18,7 @@ on the pipeline's patient-level split and is scored on
 
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
-the held-out source's. Results are keyed ``<config>`` or ``<config>@holdout=<source>``; a rerun of one key
+the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>`` (``--seed``); a rerun of one key
 keeps the others. The test split is only scored, never used to choose: choose on TCGA and held-out sources.
 """
 
@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--external", type=Path, default=Path("../shared/datasets/tcga-lgg-post-contrast.zip"))
     parser.add_argument("--config", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--holdout", default=None, help="a source to leave out (the test set is then its images)")
+    parser.add_argument("--seed", type=int, default=None, help="train with this seed, not params.yaml's (same split)")
     parser.add_argument(
         "-S", dest="overrides", action="append", default=[], help="train param override, e.g. -S epochs=4"
     )
@@ -234,8 +235,8 @@ def main() -> None:
         overrides = {**common, **CONFIGS[name]}
         extra = overrides.pop("extra", None)
         train_cfg = apply_overrides(cfg.train, overrides)
-        key = name if args.holdout is None else f"{name}@holdout={args.holdout}"
-        work = args.root / "build/generalisation" / key.replace("@holdout=", "-holdout-")
+        key = name + (f"@holdout={args.holdout}" if args.holdout else "") + (f"@seed={args.seed}" if args.seed else "")
+        work = args.root / "build/generalisation" / key.replace("@", "-").replace("=", "-")
         training = table
         if extra == TCGA_TRAIN:
             if external is None:
@@ -243,7 +244,8 @@ def main() -> None:
             training = pd.concat([table, external.training_rows(args.root / "build/generalisation/tcga_train_half")])
         started = time.perf_counter()
         if not args.score_only:
-            train_model(training, train_cfg, seed=cfg.seed, out_dir=work, live_dir=work / "live", data_version=key)
+            seed = cfg.seed if args.seed is None else args.seed
+            train_model(training, train_cfg, seed=seed, out_dir=work, live_dir=work / "live", data_version=key)
         previous = document["results"].get(key, {})
         minutes = previous.get("train_minutes") if args.score_only else round((time.perf_counter() - started) / 60, 1)
         document["configs"][name] = {**common, **CONFIGS[name]}
