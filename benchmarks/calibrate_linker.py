@@ -37,8 +37,9 @@ GRID = np.round(np.arange(0.50, 0.996, 0.005), 3)
 
 
 def cnn_vectors(paths: list[str], image_size: int = 160) -> np.ndarray:
+    from brainmri.core.imaging import read_grey_png
     from brainmri.model.architectures import build_model
-    from brainmri.model.inference import logits_and_features, read_grey_png
+    from brainmri.model.inference import logits_and_features
 
     model = build_model("efficientnet_lite0", 1000, pretrained=True)
     features = []

@@ -151,7 +151,7 @@ def detection(prefix: str, actual: np.ndarray, proba: np.ndarray) -> dict:
 
 
 def score(model_path: Path, table: pd.DataFrame, external: External | None) -> dict:
-    from brainmri.model.inference import read_grey_png
+    from brainmri.core.imaging import read_grey_png
 
     no_tumour = CLASSES.index("no_tumor")
     test = table[table["split"] == "test"].reset_index(drop=True)

@@ -113,8 +113,9 @@ def external_images(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 def score(model_path: Path, table: pd.DataFrame, external: tuple[list[np.ndarray], np.ndarray] | None) -> dict:
+    from brainmri.core.imaging import read_grey_png
     from brainmri.model.checkpoint import load_checkpoint
-    from brainmri.model.inference import logits_and_features, read_grey_png
+    from brainmri.model.inference import logits_and_features
 
     model, meta = load_checkpoint(model_path)
     test = table[table["split"] == "test"]

@@ -145,3 +145,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
+
+
+def read_grey_png(path) -> np.ndarray:
+    """Read one of the pipeline's own normalised images (8-bit grey PNG, trusted: merge wrote it) as a uint8 array."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"), dtype=np.uint8)

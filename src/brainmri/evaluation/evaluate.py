@@ -31,6 +31,7 @@ from sklearn import metrics as skm
 
 from ..config import EvaluateConfig, InputConfig
 from ..core.hashing import file_digest
+from ..core.imaging import read_grey_png
 from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
 from ..model.checkpoint import load_checkpoint
 from ..model.explain import (
@@ -43,7 +44,7 @@ from ..model.explain import (
     summarise_localisation,
     tolerance_in_map,
 )
-from ..model.inference import logits_and_features, read_grey_png
+from ..model.inference import logits_and_features
 from ..model.ood import NOT_MRI, OODCheck, detection_summary, fit_ood
 from ..model.temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
 from ..synthetic.near_ood import near_mri_images

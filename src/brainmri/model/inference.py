@@ -15,16 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from ..core.preprocess import to_model_input
-
-
-def read_grey_png(path) -> np.ndarray:
-    """Read one of the pipeline's normalised images (8-bit grey PNG) as a uint8 array."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 class ProbabilityModel(nn.Module):

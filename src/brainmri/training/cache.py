@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from brainmri.config import AugmentConfig, InputConfig
 from brainmri.core.hashing import file_digest
+from brainmri.core.imaging import read_grey_png
 from brainmri.core.preprocess import NO_INPUT, prepare_grey
 
 BLUR_SIGMA_MIN = 0.1
@@ -68,9 +69,7 @@ def cache_key(table: pd.DataFrame, image_size: int, spec: InputConfig = NO_INPUT
 
 
 def _decode(path: str, image_size: int, spec: InputConfig) -> np.ndarray:
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L"))
-    return prepare_grey(pixels, image_size, spec)
+    return prepare_grey(read_grey_png(path), image_size, spec)
 
 
 def cached_images(
