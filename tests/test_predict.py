@@ -21,7 +21,8 @@ from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck
 from brainmri.model.temperature import Temperature, softmax
-from brainmri.serving.predict import LIMITS, predict_paths
+from brainmri.core.inputs import INPUT_LIMITS
+from brainmri.serving.predict import predict_paths
 from conftest import CLASSES
 
 SIZE = 32
@@ -123,7 +124,7 @@ def _check_for(checkpoint: Path, accepted: np.ndarray, threshold: float) -> OODC
 
 def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
     made = inputs_of_every_kind(tmp_path / "in")
-    accepted = decode_image(made["grey"].read_bytes(), "grey", LIMITS)
+    accepted = decode_image(made["grey"].read_bytes(), "grey", INPUT_LIMITS)
     ood = tmp_path / "ood.npz"
     _check_for(checkpoint, accepted, threshold=1e-3).save(ood)
     noise = tmp_path / "noise.png"
@@ -200,7 +201,7 @@ def test_the_evaluate_stages_temperature_is_applied(tmp_path, checkpoint, monkey
     Image.fromarray(slice_like(0)).save(tmp_path / "x.png")
     model, meta = load_checkpoint(checkpoint)
     logits, _ = logits_and_features(
-        model, [decode_image((tmp_path / "x.png").read_bytes(), "x", LIMITS)], meta.image_size
+        model, [decode_image((tmp_path / "x.png").read_bytes(), "x", INPUT_LIMITS)], meta.image_size
     )
     Temperature(0.25, file_digest(checkpoint)).save(tmp_path / "t.json")
     result = CliRunner().invoke(

@@ -21,18 +21,17 @@ from PIL import Image
 
 from brainmri.config import SOURCE_FORMATS, MergeConfig, SourceConfig
 from brainmri.core.imaging import BadImage, decode_image, encode_png, int16_to_uint8, pixel_sha256
+from brainmri.core.safe_zip import MemberError, SafeZip
 from brainmri.dataset.sources import (
     FORMATS,
     MemberTask,
     Rejected,
-    SafeZip,
     Skipped,
     SourceImage,
     plan_archive,
     read_archive,
 )
 from brainmri.dataset.sources.image_folder import parse_yolo_box
-from brainmri.dataset.sources.safe_zip import MemberError
 from conftest import write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=100_000)

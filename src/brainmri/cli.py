@@ -163,9 +163,9 @@ def external(
     runs this for one set.
     """
     from .evaluation.external import summary_table
+    from .model.ood import OODMismatch
     from .model.temperature import TemperatureMismatch
     from .pipeline import run_external
-    from .serving.predict import OODMismatch
 
     cfg = load_config(params)
     names = names or [spec.name for spec in cfg.evaluate.external]
@@ -236,8 +236,9 @@ def predict(
     probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable). With --gradcam, writes one overlay
     PNG per predicted image there.
     """
+    from .model.ood import OODMismatch
     from .model.temperature import TemperatureMismatch
-    from .serving.predict import OODMismatch, predict_paths
+    from .serving.predict import predict_paths
 
     ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")

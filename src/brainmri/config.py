@@ -177,11 +177,16 @@ class SyntheticConfig(_Strict):
     image_size: int = Field(256, ge=64)
 
 
-class MergeConfig(_Strict):
-    out_dir: Path = Path("build/merged")
+class ImageLimits(_Strict):
+    """What an untrusted image or archive member may be: the merge stage's and predict's decode guards."""
+
     min_side: int = Field(32, ge=1, description="smaller images are rejected as unusable")
     max_pixels: int = Field(50_000_000, ge=1, description="larger images are rejected as decompression bombs")
     max_member_bytes: int = Field(200_000_000, ge=1, description="archive members larger than this are rejected")
+
+
+class MergeConfig(ImageLimits):
+    out_dir: Path = Path("build/merged")
 
 
 class DedupConfig(_Strict):

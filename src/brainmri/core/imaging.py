@@ -42,7 +42,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..config import MergeConfig
+from ..config import ImageLimits
 
 PILLOW_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF", "WEBP", "PPM")
 """The only decoders untrusted bytes are shown: the formats the sources use, not Pillow's rarer parsers."""
@@ -68,7 +68,7 @@ class BadImage(ValueError):
         self.reason = reason
 
 
-def check_size(width: int, height: int, limits: MergeConfig) -> None:
+def check_size(width: int, height: int, limits: ImageLimits) -> None:
     """Refuse absurd sizes before decoding: too many pixels (a bomb) or a side below ``limits.min_side``."""
     if width * height > limits.max_pixels:
         raise BadImage(f"pixel bomb: {width}x{height} pixels > max_pixels {limits.max_pixels}")
@@ -76,7 +76,7 @@ def check_size(width: int, height: int, limits: MergeConfig) -> None:
         raise BadImage(f"too small: {width}x{height} pixels, min_side {limits.min_side}")
 
 
-def decode_image(data: bytes, name: str, limits: MergeConfig) -> np.ndarray:
+def decode_image(data: bytes, name: str, limits: ImageLimits) -> np.ndarray:
     """Decode image bytes to a 2-D uint8 grey array, or raise ``BadImage`` (``name`` only labels the error)."""
     if not data:
         raise BadImage("empty file: 0 bytes", name)

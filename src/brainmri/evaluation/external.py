@@ -39,12 +39,12 @@ from PIL import Image
 
 from ..config import ConfigError, DedupConfig, ExternalSetConfig, PatientTable
 from ..core.imaging import BadImage, decode_image
+from ..core.inputs import INPUT_LIMITS, iter_inputs
 from ..core.preprocess import normalise_input
+from ..core.safe_zip import Member, SafeZip
 from ..dataset.fingerprints import Fingerprints, confirmed_pairs, fingerprint
 from ..dataset.patients import read_patient_table as read_table
-from ..dataset.sources.safe_zip import Member, SafeZip
 from ..model.ood import NOT_MRI, OODCheck
-from ..serving.predict import LIMITS, iter_inputs
 from .metrics import detection_metrics, present_class_metrics
 
 NO_TUMOUR = "no_tumor"
@@ -60,7 +60,7 @@ class ExternalSet:
 
 
 def _zip_table(path: Path, table: str) -> tuple[str, bytes] | None:
-    with SafeZip(path, LIMITS.max_member_bytes) as archive:
+    with SafeZip(path, INPUT_LIMITS.max_member_bytes) as archive:
         found = [
             m
             for m in archive.members()
@@ -125,7 +125,7 @@ def read_external(spec: ExternalSetConfig) -> ExternalSet:
             counts["unlabelled"] += 1
             continue
         try:
-            images.append(decode_image(data or b"", name, LIMITS))
+            images.append(decode_image(data or b"", name, INPUT_LIMITS))
         except BadImage:
             counts["unreadable"] += 1
             continue
@@ -332,8 +332,8 @@ def run_external(
     name the train/val images to check overlaps against. Writes ``metrics_path`` (JSON) and ``out_dir``."""
     from ..core.hashing import file_digest
     from ..model.checkpoint import load_checkpoint
+    from ..model.ood import load_ood_check
     from ..model.temperature import Temperature
-    from ..serving.predict import load_ood_check
 
     for path in (checkpoint, split_csv, fingerprints):
         if not Path(path).is_file():

@@ -43,8 +43,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
+from ..core.hashing import file_digest
+
 NOT_MRI = "not a brain MRI"
 """What ``predict`` writes instead of a class for an image the check rejects."""
+
+
+class OODMismatch(ValueError):
+    """The out-of-distribution check was fitted for another checkpoint; its threshold would mean nothing."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,28 @@ class OODCheck:
                 quantile=float(data["quantile"]),
                 checkpoint_sha256=str(data["checkpoint_sha256"]),
             )
+
+
+def load_ood_check(path: Path, checkpoint: Path) -> OODCheck:
+    """Load an out-of-distribution check and make sure it was fitted for ``checkpoint`` (by file hash)."""
+    try:
+        check = OODCheck.load(path)
+    except KeyError as missing:  # e.g. a penultimate-layer-only check from before the per-block one
+        raise OODMismatch(
+            f"{path} was written by another version of the check (no {missing}); rerun the evaluate stage"
+        ) from None
+    except Exception as error:
+        # numpy raises OSError, ValueError (pickled objects refused), BadZipFile... on other files
+        text = " ".join(str(error).split())[:120]
+        raise OODMismatch(
+            f"{path}: not an out-of-distribution check written by the evaluate stage ({type(error).__name__}: {text})"
+        ) from None
+    if check.checkpoint_sha256 != file_digest(checkpoint):
+        raise OODMismatch(
+            f"{path} was fitted for another checkpoint than {checkpoint}; pass the --ood file the evaluate "
+            "stage wrote for this model, or --no-ood"
+        )
+    return check
 
 
 def fit_ood(

@@ -32,78 +32,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import MergeConfig
 from ..core.hashing import file_digest
 from ..core.imaging import IMAGE_SUFFIXES, BadImage, decode_image
+from ..core.inputs import INPUT_LIMITS, iter_inputs
 from ..core.preprocess import normalise_input
-from ..dataset.sources.base import reason
-from ..dataset.sources.safe_zip import BadArchive, MemberError, Refused, SafeZip
 from ..errors import UserError
 from ..model.checkpoint import load_checkpoint
 from ..model.inference import logits_and_features
-from ..model.ood import NOT_MRI, OODCheck
+from ..model.ood import NOT_MRI, load_ood_check
 from ..model.temperature import Temperature, softmax
-
-LIMITS = MergeConfig(min_side=8)
-"""Prediction accepts smaller images than the curated set (min side 8) but keeps the bomb guards."""
-
-
-class OODMismatch(ValueError):
-    """The out-of-distribution check was fitted for another checkpoint; its threshold would mean nothing."""
 
 
 class PredictError(UserError, ValueError):
     """A predict run that cannot give a useful answer (bad --out, nothing readable); one line for a person."""
-
-
-def iter_inputs(inputs: list[Path]) -> Iterator[tuple[str, bytes | None, str]]:
-    """Yield ``(name, bytes, error)`` for every image-like input; ``bytes`` is None when it cannot be read."""
-    for item in inputs:
-        if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            for file in files:
-                yield _read_file(file)
-        elif item.suffix.lower() == ".zip" and item.is_file():
-            yield from _zip_members(item)
-        elif item.is_file():
-            yield _read_file(item)
-        elif item.exists():
-            yield str(item), None, reason("not a regular file", "a device, pipe or socket is not read")
-        else:
-            yield str(item), None, "not found"
-
-
-def _read_file(path: Path) -> tuple[str, bytes | None, str]:
-    """One plain file's bytes, refused unread when larger than a zip member may be (the same memory bound)."""
-    try:
-        size = path.stat().st_size
-        if size > LIMITS.max_member_bytes:
-            return (
-                str(path),
-                None,
-                reason("oversize file", f"{size} bytes > max_member_bytes {LIMITS.max_member_bytes}"),
-            )
-        return str(path), path.read_bytes(), ""
-    except OSError as error:
-        return str(path), None, reason("unreadable file", error.strerror or error)
-
-
-def _zip_members(path: Path) -> Iterator[tuple[str, bytes | None, str]]:
-    try:
-        archive = SafeZip(path, LIMITS.max_member_bytes)
-    except BadArchive as error:
-        yield str(path), None, str(error)
-        return
-    with archive:
-        for member in archive.members():
-            name = f"{path}/{member.name}"
-            if isinstance(member, Refused):
-                yield name, None, member.reason
-            elif not member.is_dir and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    yield name, archive.read(member.index), ""
-                except MemberError as error:
-                    yield name, None, str(error)
 
 
 def decoded_batches(
@@ -114,7 +55,7 @@ def decoded_batches(
     for name, data, error in iter_inputs(inputs):
         if data is not None:
             try:
-                images.append(decode_image(data, name, LIMITS))
+                images.append(decode_image(data, name, INPUT_LIMITS))
                 names.append(name)
             except BadImage as bad:
                 error = bad.reason
@@ -126,29 +67,6 @@ def decoded_batches(
             names, images = [], []
     if images:
         yield names, images
-
-
-def load_ood_check(path: Path, checkpoint: Path) -> OODCheck:
-    """Load an out-of-distribution check and make sure it was fitted for ``checkpoint`` (by file hash)."""
-    try:
-        check = OODCheck.load(path)
-    except KeyError as missing:  # e.g. a penultimate-layer-only check from before the per-block one
-        raise OODMismatch(
-            f"{path} was written by another version of the check (no {missing}); rerun the evaluate stage"
-        ) from None
-    except (
-        Exception
-    ) as error:  # numpy raises OSError, ValueError (pickled objects refused), BadZipFile... on other files
-        text = " ".join(str(error).split())[:120]
-        raise OODMismatch(
-            f"{path}: not an out-of-distribution check written by the evaluate stage ({type(error).__name__}: {text})"
-        ) from None
-    if check.checkpoint_sha256 != file_digest(checkpoint):
-        raise OODMismatch(
-            f"{path} was fitted for another checkpoint than {checkpoint}; pass the --ood file the evaluate "
-            "stage wrote for this model, or --no-ood"
-        )
-    return check
 
 
 def _overlay_name(index: int, name: str) -> str:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ...config import MergeConfig, SourceConfig
+from ...config import ImageLimits, SourceConfig
+from ...core.safe_zip import BadArchive, SafeZip
 from . import figshare_mat, image_folder
 from .base import MemberTask, Rejected, Skipped, SourceImage
-from .safe_zip import BadArchive, SafeZip
 
 FORMATS = {"figshare_mat": figshare_mat, "image_folder": image_folder}
 
@@ -41,14 +41,14 @@ def plan_archive(archive: SafeZip, source_name: str, source: SourceConfig) -> It
 
 
 def load_member(
-    task: MemberTask, archive: SafeZip, source: SourceConfig, limits: MergeConfig
+    task: MemberTask, archive: SafeZip, source: SourceConfig, limits: ImageLimits
 ) -> SourceImage | Rejected:
     """Decode one planned member of ``archive`` (which must be the archive ``task`` was planned from)."""
     return FORMATS[source.format].load(task, archive, source, limits)
 
 
 def read_archive(
-    path: Path, source_name: str, source: SourceConfig, limits: MergeConfig
+    path: Path, source_name: str, source: SourceConfig, limits: ImageLimits
 ) -> Iterator[SourceImage | Rejected]:
     """Every image of one archive, decoded in this process, or the reason it was refused.
 

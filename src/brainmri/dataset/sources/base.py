@@ -74,9 +74,3 @@ class MemberTask:
     original_path: str
     label: str | None = None
     box: Box | None = None
-
-
-def reason(category: str, detail: object) -> str:
-    """``"<category>: <detail>"`` on one line, short enough for a CSV cell (decoder messages can be long)."""
-    text = " ".join(str(detail).split())
-    return f"{category}: {text[:200]}"

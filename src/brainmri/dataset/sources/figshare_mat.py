@@ -26,10 +26,11 @@ from pathlib import PurePosixPath
 import h5py
 import numpy as np
 
-from ...config import MergeConfig, SourceConfig
+from ...config import ImageLimits, SourceConfig
 from ...core.imaging import BadImage, check_size, int16_to_uint8
-from .base import MemberTask, Rejected, Skipped, SourceImage, reason
-from .safe_zip import MemberError, Refused, SafeZip
+from ...core.safe_zip import MemberError, Refused, SafeZip
+from ...errors import reason
+from .base import MemberTask, Rejected, Skipped, SourceImage
 
 
 class BadMat(ValueError):
@@ -50,7 +51,7 @@ def plan(archive: SafeZip, source_name: str, source: SourceConfig) -> Iterator[M
             yield Skipped(source_name, original_path, "other")
 
 
-def load(task: MemberTask, archive: SafeZip, source: SourceConfig, limits: MergeConfig) -> SourceImage | Rejected:
+def load(task: MemberTask, archive: SafeZip, source: SourceConfig, limits: ImageLimits) -> SourceImage | Rejected:
     """Decode one planned ``.mat`` member."""
     try:
         pixels, label_number, patient_id, mask = read_record(archive.read(task.index), limits)
@@ -65,7 +66,7 @@ def load(task: MemberTask, archive: SafeZip, source: SourceConfig, limits: Merge
     return SourceImage(task.source, task.original_path, label, pixels, patient_id, mask, None)
 
 
-def read_record(data: bytes, limits: MergeConfig) -> tuple[np.ndarray, str, str | None, np.ndarray | None]:
+def read_record(data: bytes, limits: ImageLimits) -> tuple[np.ndarray, str, str | None, np.ndarray | None]:
     """``(pixels uint8 HxW, label number as a string, patient id or None, mask bool HxW or None)``.
 
     Raises ``BadMat`` for anything that is not a figshare record and
@@ -132,7 +133,7 @@ def _dataset(handle: h5py.File, name: str, max_elements: int) -> h5py.Dataset | 
     return node
 
 
-def _read_cjdata(handle: h5py.File, limits: MergeConfig) -> tuple[np.ndarray, str, str | None, np.ndarray | None]:
+def _read_cjdata(handle: h5py.File, limits: ImageLimits) -> tuple[np.ndarray, str, str | None, np.ndarray | None]:
     image = _dataset(handle, "cjdata/image", UNBOUNDED)  # its size is checked as pixels, by check_size below
     label = _dataset(handle, "cjdata/label", LABEL_MAX_ELEMENTS)
     for required, dataset in (("cjdata/image", image), ("cjdata/label", label)):

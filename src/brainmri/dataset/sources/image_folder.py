@@ -21,10 +21,11 @@ import math
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-from ...config import MergeConfig, SourceConfig
+from ...config import ImageLimits, SourceConfig
 from ...core.imaging import IMAGE_SUFFIXES, BadImage, decode_image
-from .base import Box, MemberTask, Rejected, Skipped, SourceImage, reason
-from .safe_zip import Member, MemberError, Refused, SafeZip
+from ...core.safe_zip import Member, MemberError, Refused, SafeZip
+from ...errors import reason
+from .base import Box, MemberTask, Rejected, Skipped, SourceImage
 
 BOX_SUFFIX = ".txt"
 
@@ -99,7 +100,7 @@ def _image_task(
     return MemberTask(source_name, archive.path, member.index, original_path, label, boxes.get(_stem_key(member.name)))
 
 
-def load(task: MemberTask, archive: SafeZip, source: SourceConfig, limits: MergeConfig) -> SourceImage | Rejected:
+def load(task: MemberTask, archive: SafeZip, source: SourceConfig, limits: ImageLimits) -> SourceImage | Rejected:
     """Decode one planned image member; the label and box were settled while planning."""
     try:
         pixels = decode_image(archive.read(task.index), task.original_path, limits)

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import reason
+from ..errors import reason
 
 UTF8_FLAG = 0x800
 ENCRYPTED_FLAG = 0x1
