@@ -118,7 +118,8 @@ def main() -> None:
             sys.exit(f"{name}: failed\n{result.stderr[-2000:]}")
         r = json.loads(result.stdout.strip().splitlines()[-1])
         print(
-            f"| {name} | {threads} | {r['aten']} | {r['sha256'][:12]} | {r['val_accuracy']:.4f} | {r['seconds']} | {r['images_per_s']} |",
+            f"| {name} | {threads} | {r['aten']} | {r['sha256'][:12]} | {r['val_accuracy']:.4f} | "
+            f"{r['seconds']} | {r['images_per_s']} |",
             flush=True,
         )
 

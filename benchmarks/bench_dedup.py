@@ -12,9 +12,10 @@
    bit flipped with probability ``--flip`` (so the per-bit biases of real hashes and clusters of
    look-alike slices are kept: hashes from one template are ~16 bits apart instead of ~31, so at 1M
    hashes about 5e-4 of all pairs are within 16 bits, against 1e-3 in the real sample, whose share is
-   mostly its own copies), and 1% of them get a planted near copy (0 to radius bits flipped). The table checks that every planted pair
-   is found and, where the scan ran, that the index returns exactly the scan's pairs. The distance
-   distribution of random pairs is printed for the real and the synthetic hashes side by side.
+   mostly its own copies), and 1% of them get a planted near copy (0 to radius bits flipped). The table
+   checks that every planted pair is found and, where the scan ran, that the index returns exactly the
+   scan's pairs. The distance distribution of random pairs is printed for the real and the synthetic
+   hashes side by side.
 """
 
 from __future__ import annotations
@@ -110,13 +111,15 @@ def main() -> None:
             )
             seconds = time.perf_counter() - started
             print(
-                f"| pHash + thumbnail (core frame) | {workers} | {len(paths)} | {seconds:.1f} | {len(paths) / seconds:.0f} |"
+                f"| pHash + thumbnail (core frame) | {workers} | {len(paths)} | {seconds:.1f} | "
+                f"{len(paths) / seconds:.0f} |"
             )
     templates = prints.hashes
 
     print(f"\nrandom-pair Hamming distances: real {distance_profile(templates, rng)}")
     print(
-        "\n| pair search | hashes | radius | pairs found | planted found | seconds | index = scan |\n|---|---:|---:|---:|---:|---:|---|"
+        "\n| pair search | hashes | radius | pairs found | planted found | seconds | index = scan |\n"
+        "|---|---:|---:|---:|---:|---:|---|"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         hashes, planted = synthetic_hashes(templates, n, args.flip, cfg.max_hamming, rng)
@@ -131,9 +134,13 @@ def main() -> None:
             started = time.perf_counter()
             si, sj, sd = hamming_pairs_scan(hashes, cfg.max_hamming)
             scan_seconds = time.perf_counter() - started
-            same = f"{np.array_equal(i, si) and np.array_equal(j, sj) and np.array_equal(d, sd)} (scan {scan_seconds:.1f} s)"
+            same = (
+                f"{np.array_equal(i, si) and np.array_equal(j, sj) and np.array_equal(d, sd)} "
+                f"(scan {scan_seconds:.1f} s)"
+            )
         print(
-            f"| index | {n} | {cfg.max_hamming} | {len(i)} | {len(planted & found)}/{len(planted)} | {seconds:.1f} | {same} |"
+            f"| index | {n} | {cfg.max_hamming} | {len(i)} | {len(planted & found)}/{len(planted)} | "
+            f"{seconds:.1f} | {same} |"
         )
 
 

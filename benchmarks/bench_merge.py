@@ -70,7 +70,8 @@ def main() -> None:
                 report = merge_sources(subset, sources, merge_cfg, workers=workers)
                 rate = report.images / report.wall_seconds if report.wall_seconds else float("nan")
                 print(
-                    f"| {label} | {workers} | {report.images} | {report.rejected} | {report.wall_seconds:.1f} | {rate:.0f} |",
+                    f"| {label} | {workers} | {report.images} | {report.rejected} | "
+                    f"{report.wall_seconds:.1f} | {rate:.0f} |",
                     flush=True,
                 )
 

@@ -42,7 +42,8 @@ SIDE = 512
 
 
 def _slice(rng: np.random.Generator) -> np.ndarray:
-    """A grey disc with texture and a bright spot: decodes and compresses like an MRI slice, which is all speed needs."""
+    """A grey disc with texture and a bright spot: decodes and compresses like an MRI slice, which is all speed
+    needs."""
     yy, xx = np.mgrid[:SIDE, :SIDE]
     head = ((yy - SIDE / 2) ** 2 + (xx - SIDE / 2) ** 2) < (SIDE * 0.4) ** 2
     texture = np.kron(rng.normal(110, 25, (SIDE // 16, SIDE // 16)), np.ones((16, 16)))
@@ -137,7 +138,8 @@ def main() -> int:
         for checkpoint in checkpoints:
             rows.append(measure(checkpoint, folder, args.images, args.repeats, args.batch_size))
     print(
-        f"\ndevice: cpu, {torch.get_num_threads()} threads; {SIDE}x{SIDE} PNG inputs; batch {args.batch_size}; torch {torch.__version__}\n"
+        f"\ndevice: cpu, {torch.get_num_threads()} threads; {SIDE}x{SIDE} PNG inputs; batch {args.batch_size}; "
+        f"torch {torch.__version__}\n"
     )
     print("| model | size | batch img/s (files → CSV) | single image ms, median | p95 | with Grad-CAM ms, median |")
     print("|---|---|---|---|---|---|")

@@ -139,7 +139,8 @@ def main() -> None:
     chosen = choose(table, args.min_precision, args.min_recall)
     composition = _setting_rows(scores, chosen)
     print(
-        f"calibration set (seed {args.seed}, figshare even blocks): {len(composition)} pairs, built and fingerprinted for {len(settings)} settings in {time.perf_counter() - started:.0f} s"
+        f"calibration set (seed {args.seed}, figshare even blocks): {len(composition)} pairs, "
+        f"built and fingerprinted for {len(settings)} settings in {time.perf_counter() - started:.0f} s"
     )
     print(composition.groupby(["duplicate", "kind"]).size().rename("pairs").reset_index().to_string(index=False), "\n")
 
@@ -165,7 +166,8 @@ def main() -> None:
         )
     best = pd.DataFrame(best)
     print(
-        f"best thresholds per setting: widest margin over precision >= {args.min_precision} and recall >= {args.min_recall}, "
+        f"best thresholds per setting: widest margin over precision >= {args.min_precision} "
+        f"and recall >= {args.min_recall}, "
         "Hamming radius at most hash bits / 8 (what the index searches fast):"
     )
     print(_markdown(best), "\n")
@@ -174,7 +176,8 @@ def main() -> None:
     grid = grid[grid["min_correlation"].isin(np.round(np.arange(0.75, 0.9951, 0.025), 3)) & (grid["max_hamming"] <= 16)]
     view = grid.assign(pr=grid["precision"].map("{:.3f}".format) + "/" + grid["recall"].map("{:.3f}".format))
     print(
-        f"precision/recall of {chosen['frame']}, hash {chosen['hash_size']}, thumb {chosen['thumb_size']} (rows: max_hamming, columns: min_correlation):"
+        f"precision/recall of {chosen['frame']}, hash {chosen['hash_size']}, thumb {chosen['thumb_size']} "
+        "(rows: max_hamming, columns: min_correlation):"
     )
     print(view.pivot(index="max_hamming", columns="min_correlation", values="pr").to_string(), "\n")
     chosen_params = {
@@ -196,7 +199,8 @@ def main() -> None:
     ]
     compared = _measured(compared.iloc[0]) if len(compared) else "not in the grid"
     print(
-        f"COMPARED {args.compare} (frame_spread,hash_size,max_hamming,thumb_size,min_correlation): calibration set {compared}"
+        f"COMPARED {args.compare} (frame_spread,hash_size,max_hamming,thumb_size,min_correlation): "
+        f"calibration set {compared}"
     )
     calibration_detail = breakdown(scores, chosen)
 

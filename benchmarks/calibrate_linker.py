@@ -153,21 +153,24 @@ def main() -> None:
     ]
     report = {
         "ground_truth": f"{len(table)} figshare images of {table['patient_id'].nunique()} patients "
-        f"({len(calibration)} calibration / {table['patient_id'].nunique() - len(calibration)} held out, split per label)",
+        f"({len(calibration)} calibration / {table['patient_id'].nunique() - len(calibration)} held out, "
+        "split per label)",
         "links": "same label only; a link is right when both images are of one patient",
         "target_precision_on_calibration": args.precision,
         "results": results,
     }
     print(
-        f"{'feature':8} {'rule':9} {'thresh':>6} {'half':15} {'links':>5} {'prec':>6} {'recall':>6} {'adj.rec':>7} {'grp.prec':>8} {'largest':>7}"
+        f"{'feature':8} {'rule':9} {'thresh':>6} {'half':15} {'links':>5} {'prec':>6} {'recall':>6} "
+        f"{'adj.rec':>7} {'grp.prec':>8} {'largest':>7}"
     )
     for r in results:
         for half in halves:
             if half in r:
                 m = r[half]
                 print(
-                    f"{r['feature']:8} {r['rule']:9} {r['threshold']:6.3f} {half:15} {m['links']:5d} {m['precision'] or 0:6.3f} "
-                    f"{m['recall']:6.3f} {m['adjacent_slice_recall']:7.3f} {m['chained']['pair_precision'] or 0:8.3f} {m['chained']['largest_group']:7d}"
+                    f"{r['feature']:8} {r['rule']:9} {r['threshold']:6.3f} {half:15} {m['links']:5d} "
+                    f"{m['precision'] or 0:6.3f} {m['recall']:6.3f} {m['adjacent_slice_recall']:7.3f} "
+                    f"{m['chained']['pair_precision'] or 0:8.3f} {m['chained']['largest_group']:7d}"
                 )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -210,8 +210,8 @@ def _fingerprint_group(job: tuple[list[ImageRef], list[Setting]]) -> list[tuple[
 
 def fingerprint_refs(refs: list[ImageRef], settings: list[Setting], workers: int | None = None) -> dict[ImageRef, dict]:
     """Fingerprints of every ref for every setting, keyed ``("hash", spread, hash_size)`` and
-    ``("thumb", spread, thumb_size)``, and the pixel hash (``"sha256"``); each original is decoded once, in ``workers`` processes.
-    Refs whose original cannot be decoded are left out."""
+    ``("thumb", spread, thumb_size)``, and the pixel hash (``"sha256"``); each original is decoded once, in
+    ``workers`` processes. Refs whose original cannot be decoded are left out."""
     groups: dict[tuple[str, str], list[ImageRef]] = {}
     for ref in dict.fromkeys(refs):
         groups.setdefault((ref.archive, ref.member), []).append(ref)

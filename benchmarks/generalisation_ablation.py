@@ -18,8 +18,9 @@ on the pipeline's patient-level split and is scored on
 
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
-the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>`` (``--seed``); a rerun of one key
-keeps the others. The test split is only scored, never used to choose: choose on TCGA and held-out sources.
+the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>``
+(``--seed``); a rerun of one key keeps the others. The test split is only scored, never used to choose: choose on
+TCGA and held-out sources.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ import sys
 
 from brainmri.core.portable import pin_cpu_kernels
 
-pin_cpu_kernels()  # before numpy/torch load: numpy's OpenBLAS on one kernel set: the thumbnail correlations, so the clusters, differ by CPU otherwise
+# before numpy/torch load: numpy's OpenBLAS on one kernel set: the thumbnail correlations, so the clusters, differ
+# by CPU otherwise
+pin_cpu_kernels()
 
 from brainmri.cli import app  # noqa: E402
 

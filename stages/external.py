@@ -1,4 +1,5 @@
-"""DVC stage `external@<index>` (see dvc.yaml, one per evaluate.external set): a thin call of `brainmri external <name>`."""
+"""DVC stage `external@<index>` (see dvc.yaml, one per evaluate.external set): a thin call of
+`brainmri external <name>`."""
 
 import sys
 

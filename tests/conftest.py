@@ -1,4 +1,4 @@
-"""Shared fixtures: the project's params as a mapping, and small image helpers."""
+"""Shared fixtures: the project's params as a mapping, the class list, a tiny checkpoint, and small image helpers."""
 
 from __future__ import annotations
 
@@ -64,4 +64,34 @@ def write_zip(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) ->
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in members:
             archive.writestr(name, data)
+    return path
+
+
+def untrained_checkpoint(
+    path: Path,
+    image_size: int = 32,
+    *,
+    params: dict | None = None,
+    data_version: str = "test",
+    preprocess=None,
+) -> Path:
+    """An untrained ``small_cnn`` for ``CLASSES``, seeded, saved as the train stage saves one: its predictions are
+    arbitrary, but everything around them (loading, preprocessing, OOD, temperature, export) is the real code."""
+    import torch
+
+    from brainmri.config import InputConfig
+    from brainmri.model.architectures import build_model
+    from brainmri.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(
+        path,
+        build_model("small_cnn", len(CLASSES), pretrained=False),
+        model_name="small_cnn",
+        classes=CLASSES,
+        image_size=image_size,
+        params=params or {},
+        data_version=data_version,
+        preprocess=preprocess or InputConfig(),
+    )
     return path

@@ -14,17 +14,16 @@ import torch
 from brainmri.config import EvaluateConfig
 from brainmri.core.hashing import file_digest
 from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, present_macro_f1
-from brainmri.model.architectures import build_model
-from brainmri.model.checkpoint import save_checkpoint
 from brainmri.model.ood import OODCheck
 from brainmri.model.temperature import Temperature
-from conftest import CLASSES, blob_image, write_grey_png
+from conftest import CLASSES, blob_image, untrained_checkpoint, write_grey_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_project(root: Path) -> tuple[pd.DataFrame, Path]:
-    """A split table of blob images (tumour rows of source_a carry masks, of source_b boxes) and an untrained checkpoint."""
+    """A split table of blob images (tumour rows of source_a carry masks, of source_b boxes) and an untrained
+    checkpoint."""
     rng = np.random.default_rng(0)
     rows = []
     for split, per_class in (("train", 6), ("val", 3), ("test", 3)):
@@ -52,16 +51,8 @@ def make_project(root: Path) -> tuple[pd.DataFrame, Path]:
                         "box": box,
                     }
                 )
-    torch.manual_seed(0)
-    checkpoint = root / "model.pt"
-    save_checkpoint(
-        checkpoint,
-        build_model("small_cnn", len(CLASSES), pretrained=False),
-        model_name="small_cnn",
-        classes=CLASSES,
-        image_size=32,
-        params={"seed": 1, "train": {"lr": 0.01}},
-        data_version="sha256:x",
+    checkpoint = untrained_checkpoint(
+        root / "model.pt", params={"seed": 1, "train": {"lr": 0.01}}, data_version="sha256:x"
     )
     return pd.DataFrame(rows), checkpoint
 
@@ -97,7 +88,6 @@ def digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory) -> tuple[Path, pd.DataFrame, Path, dict]:
     """One evaluate run on the blob project, with the dedup and split reports: (root, table, checkpoint, summary)."""
-    import torch
 
     root = tmp_path_factory.mktemp("evaluate")
     threads = torch.get_num_threads()

@@ -14,12 +14,11 @@ from typer.testing import CliRunner
 from brainmri.cli import app
 from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import to_model_input
-from brainmri.model.architectures import build_model
-from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import load_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.temperature import Temperature, softmax
 from brainmri.serving.export import TOLERANCE
-from conftest import CLASSES
+from conftest import CLASSES, untrained_checkpoint
 
 SIZE = 32
 TEMPERATURE = 0.5
@@ -32,12 +31,7 @@ def exported(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    checkpoint = folder / "model.pt"
-    model = build_model("small_cnn", len(CLASSES), pretrained=False)
-    save_checkpoint(
-        checkpoint, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="v1"
-    )
+    checkpoint = untrained_checkpoint(folder / "model.pt", SIZE, data_version="v1")
     Temperature(TEMPERATURE, file_digest(checkpoint)).save(folder / "temperature.json")
     result = CliRunner().invoke(
         app,

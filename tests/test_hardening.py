@@ -19,7 +19,7 @@ import pytest
 from brainmri.config import MergeConfig, SourceConfig
 from brainmri.dataset.merge import MergeError, merge_sources
 from brainmri.dataset.sources.figshare_mat import BadMat, read_record
-from conftest import CLASSES, write_zip
+from conftest import CLASSES, untrained_checkpoint, write_zip
 
 LIMITS = MergeConfig(min_side=8, max_pixels=1_000_000, max_member_bytes=5_000_000)
 MATS = SourceConfig(format="figshare_mat", files=[{"name": "mats.zip"}], labels={"1": "meningioma", "2": "glioma"})
@@ -245,23 +245,7 @@ def test_params_that_are_not_a_text_file_are_one_line(tmp_path, kind):
 
 @pytest.fixture
 def model_file(tmp_path) -> Path:
-    import torch
-
-    from brainmri.model.architectures import build_model
-    from brainmri.model.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path / "model.pt"
-    save_checkpoint(
-        path,
-        build_model("small_cnn", 4, pretrained=False),
-        model_name="small_cnn",
-        classes=CLASSES,
-        image_size=32,
-        params={},
-        data_version="t",
-    )
-    return path
+    return untrained_checkpoint(tmp_path / "model.pt", data_version="t")
 
 
 @pytest.fixture
@@ -520,7 +504,8 @@ def outside(root: Path, build: Path) -> dict[str, bytes]:
 
 
 def test_fuzz_mutated_files_through_merge_and_predict(tmp_path, model_file, monkeypatch):
-    """300 mutated files: no traceback, each one a manifest row, a reject or a prediction/skip, nothing outside build/."""
+    """300 mutated files: no traceback, each one a manifest row, a reject or a prediction/skip, nothing outside
+    build/."""
     import csv
 
     import pandas as pd

@@ -23,8 +23,7 @@ from brainmri.core.preprocess import (
     uint8_batch_to_float,
 )
 from brainmri.evaluation.evaluate import _regions, load_resized
-from brainmri.model.architectures import build_model
-from brainmri.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from brainmri.model.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from brainmri.serving.export import _meta
 from brainmri.serving.predict import decoded_batches, predict_paths
 from brainmri.training.cache import (
@@ -39,7 +38,7 @@ from brainmri.training.cache import (
     source_balanced_weights,
 )
 from brainmri.training.train import recorded_params, train_model
-from conftest import CLASSES, write_grey_png
+from conftest import CLASSES, untrained_checkpoint, write_grey_png
 
 HEAD = InputConfig(crop="head")
 BOTH = InputConfig(crop="head", intensity="percentile")
@@ -123,19 +122,7 @@ def test_train_cache_evaluate_and_predict_feed_the_model_the_same_tensor(tmp_pat
 
 
 def _checkpoint(path: Path, spec: InputConfig) -> Path:
-    torch.manual_seed(0)
-    model = build_model("small_cnn", len(CLASSES), pretrained=False)
-    save_checkpoint(
-        path,
-        model,
-        model_name="small_cnn",
-        classes=CLASSES,
-        image_size=32,
-        params={},
-        data_version="v1",
-        preprocess=spec,
-    )
-    return path
+    return untrained_checkpoint(path, data_version="v1", preprocess=spec)
 
 
 def test_checkpoint_records_the_settings_and_predict_applies_them(tmp_path, one_torch_thread):

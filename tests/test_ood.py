@@ -1,4 +1,5 @@
-"""The out-of-distribution check: per-block Mahalanobis scores, the val-quantile threshold, saving, and the non-MRI set."""
+"""The out-of-distribution check: per-block Mahalanobis scores, the val-quantile threshold, saving, and the
+non-MRI set."""
 
 from __future__ import annotations
 

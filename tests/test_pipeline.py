@@ -245,7 +245,9 @@ def test_off_the_pinned_path_the_metrics_are_compared_within_tolerance(pipeline)
 UNSEEDED_SPLIT = """import os
 import brainmri.dataset.split as split_module
 seeded = split_module.assign_splits
-split_module.assign_splits = lambda labels, groups, ratios, seed: seeded(labels, groups, ratios, int.from_bytes(os.urandom(4)))
+def unseeded(labels, groups, ratios, seed):
+    return seeded(labels, groups, ratios, int.from_bytes(os.urandom(4)))
+split_module.assign_splits = unseeded
 """
 """Put into the scratch project's split stage script: a split that draws a new seed on every run."""
 

@@ -9,21 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from brainmri.cli import app
 from brainmri.core.hashing import file_digest
 from brainmri.core.imaging import decode_image
-from brainmri.model.architectures import build_model
-from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
+from brainmri.core.inputs import INPUT_LIMITS
+from brainmri.model.checkpoint import load_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck
 from brainmri.model.temperature import Temperature, softmax
-from brainmri.core.inputs import INPUT_LIMITS
 from brainmri.serving.predict import predict_paths
-from conftest import CLASSES
+from conftest import CLASSES, untrained_checkpoint
 
 SIZE = 32
 
@@ -34,13 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
     """An untrained small_cnn: predictions are arbitrary but the plumbing is the real one."""
-    torch.manual_seed(0)
-    path = tmp_path / "model.pt"
-    model = build_model("small_cnn", len(CLASSES), pretrained=False)
-    save_checkpoint(
-        path, model, model_name="small_cnn", classes=CLASSES, image_size=SIZE, params={}, data_version="test"
-    )
-    return path
+    return untrained_checkpoint(tmp_path / "model.pt", SIZE)
 
 
 def slice_like(seed: int, shape=(120, 100)) -> np.ndarray:

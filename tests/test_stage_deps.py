@@ -131,7 +131,8 @@ def test_every_file_a_stage_imports_is_a_dependency(name):
     closure = import_closure(script, command)
     missing = sorted(str(path.relative_to(ROOT)) for path in closure if not covered(path, deps))
     assert not missing, (
-        f"dvc.yaml stage {name} imports these files but does not depend on them: {missing} (`python tests/test_stage_deps.py` prints every stage's list)"
+        f"dvc.yaml stage {name} imports these files but does not depend on them: {missing} "
+        "(`python tests/test_stage_deps.py` prints every stage's list)"
     )
     unused = [dep for dep in deps if dep.startswith("src/") and not any(covered(path, [dep]) for path in closure)]
     assert not unused, f"dvc.yaml stage {name} depends on source files it does not import: {unused}"

@@ -233,8 +233,8 @@ def predict(
     Reads the images and the checkpoint (which carries its own preprocessing), and the out-of-distribution
     check and the temperature of the evaluate stage. Writes one row per image to --out: images unlike the
     training MRI get "not a brain MRI" and their score instead of a class; the others get calibrated class
-    probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable). With --gradcam, writes one overlay
-    PNG per predicted image there.
+    probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable).
+    With --gradcam, writes one overlay PNG per predicted image there.
     """
     from .model.ood import OODMismatch
     from .model.temperature import TemperatureMismatch

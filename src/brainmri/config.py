@@ -47,7 +47,8 @@ stages delete and rewrite their outputs, so an output folder elsewhere could tak
 hand-supplied archives with it."""
 
 SAFE_NAME = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
-"""Names that become one path component (sources, their files, external sets): no separators, no ``..``, no leading dot."""
+"""Names that become one path component (sources, their files, external sets): no separators, no ``..``, no leading
+dot."""
 
 MAX_SEED = 2**32 - 1
 """numpy's legacy seeding and ``torch.manual_seed`` on every platform take seeds up to this."""
@@ -299,7 +300,8 @@ class AugmentConfig(_Strict):
 
 class InputConfig(_Strict):
     """How an image is cut and scaled before resizing (``brainmri.core.preprocess.normalise_input``); recorded in the
-    checkpoint, so evaluate, predict, external sets and export apply what training used. Not yet measured on real data."""
+    checkpoint, so evaluate, predict, external sets and export apply what training used. Not yet measured on real
+    data."""
 
     crop: Literal["none", "head"] = Field(
         "none", description="head: crop to the head's bounding box, padded to a square"
@@ -340,7 +342,8 @@ class TrainConfig(_Strict):
     sampling: Literal["shuffle", "source_balanced"] = Field(
         "shuffle",
         description="shuffle: each training image once per epoch; source_balanced: draw (with replacement) so every "
-        "class is equally likely and, within a class, every source that has it (brainmri.training.cache.source_balanced_weights)",
+        "class is equally likely and, within a class, every source that has it "
+        "(brainmri.training.cache.source_balanced_weights)",
     )
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -352,7 +355,8 @@ class TrainConfig(_Strict):
     num_threads: int = Field(
         0,
         ge=0,
-        description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun (lower it on a shared machine)",
+        description="CPU threads for training; 0: os.cpu_count(), shared out under torchrun "
+        "(lower it on a shared machine)",
     )
     num_workers: int = Field(0, ge=0, description="threads decoding images into the tensor cache; 0: one per core")
     cache_dir: Path = Field(Path("build/cache"), description="decoded-image cache (not a DVC output: survives repro)")
@@ -393,7 +397,8 @@ class ExternalPatients(_Strict):
 
 
 class ExternalSetConfig(_Strict):
-    """A labelled folder or zip evaluated on its own (``evaluate.external``), after removing what train/val already hold.
+    """A labelled folder or zip evaluated on its own (``evaluate.external``), after removing what train/val already
+    hold.
 
     ``labels`` maps a folder name inside it (the nearest enclosing one counts) to one of ``CLASSES`` or to
     ``tumor_unknown`` (a tumour of unknown type): metrics are computed over the classes present, and every set

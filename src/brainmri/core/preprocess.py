@@ -124,7 +124,8 @@ def percentile_stretch(pixels: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def input_box(pixels: np.ndarray, spec: InputConfig = NO_INPUT) -> tuple[int, int, int] | None:
-    """The square ``normalise_input`` crops ``pixels`` to, or None when it does not crop (``crop: none`` or no head found)."""
+    """The square ``normalise_input`` crops ``pixels`` to, or None when it does not crop (``crop: none`` or no head
+    found)."""
     if spec.crop == "none":
         return None
     mask = head_mask(pixels)

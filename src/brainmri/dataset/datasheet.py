@@ -43,7 +43,10 @@ def linker_line(calibration_path: Path, threshold: float | None) -> str:
     if threshold is None:
         return "Same-patient linker: off (images without a patient id are grouped only by near-identical pictures)."
     if not calibration_path.exists():
-        return f"Same-patient linker at {threshold}: not calibrated ({calibration_path} missing: run benchmarks/calibrate_linker.py)."
+        return (
+            f"Same-patient linker at {threshold}: not calibrated "
+            f"({calibration_path} missing: run benchmarks/calibrate_linker.py)."
+        )
     calibration = json.loads(calibration_path.read_text())
     chosen = next(
         (
@@ -54,7 +57,10 @@ def linker_line(calibration_path: Path, threshold: float | None) -> str:
         None,
     )
     if chosen is None:
-        return f"Same-patient linker at {threshold}: {calibration_path} measured other thresholds; this one is not measured."
+        return (
+            f"Same-patient linker at {threshold}: {calibration_path} measured other thresholds; "
+            "this one is not measured."
+        )
     held = chosen["held_out"]
     return (
         f"Same-patient linker (images without a patient id; each joins its nearest neighbour of the same source and "
@@ -115,7 +121,8 @@ def write_datasheet(
         f"Thresholds: {dedup_report['thresholds']}. Exact duplicate links: {dedup_report['pairs']['exact']['total']}, "
         f"confirmed near-duplicate pairs: {dedup_report['pairs']['near']['total']} "
         f"({dedup_report['pairs']['near']['across_sources']} across sources). "
-        f"Label-conflict clusters: {dedup_report['label_conflicts']['clusters']} ({dedup_report['label_conflicts']['action']}).",
+        f"Label-conflict clusters: {dedup_report['label_conflicts']['clusters']} "
+        f"({dedup_report['label_conflicts']['action']}).",
         "",
         threshold_study_line(calibration_path, dedup_report["thresholds"]),
         "",

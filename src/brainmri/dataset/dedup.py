@@ -257,7 +257,8 @@ def render_markdown(report: dict) -> str:
     lines += ["", f"Thresholds: {report['thresholds']}", "", f"## Label conflicts ({len(report['conflicts'])})", ""]
     for conflict in report["conflicts"]:
         lines.append(
-            f"- cluster {conflict['cluster_id']}: {conflict['labels']} → {conflict['action']}: {', '.join(conflict['image_ids'])}"
+            f"- cluster {conflict['cluster_id']}: {conflict['labels']} → {conflict['action']}: "
+            f"{', '.join(conflict['image_ids'])}"
         )
     return "\n".join(lines) + "\n"
 

@@ -51,8 +51,10 @@ def _download_from_kaggle(slug: str, target: Path, data_dir: Path) -> None:
     """Download a Kaggle dataset zip with the official CLI; needs an API token."""
     if not _kaggle_token_present():
         raise FetchError(
-            f"{target.name}: Kaggle dataset {slug} needs an API token (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY). "
-            f"Without one, download it by hand from https://www.kaggle.com/datasets/{slug} and save it as {data_dir / target.name}"
+            f"{target.name}: Kaggle dataset {slug} needs an API token "
+            "(~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY). "
+            f"Without one, download it by hand from https://www.kaggle.com/datasets/{slug} "
+            f"and save it as {data_dir / target.name}"
         )
     if shutil.which("kaggle") is None:
         raise FetchError(

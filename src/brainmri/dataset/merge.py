@@ -91,7 +91,8 @@ def reject_category(reason: str) -> str:
 
 @dataclass
 class SourceCounts:
-    """What happened to one source's members: ``images + rejected + sum(non_image) == members + unreadable_archives``."""
+    """What happened to one source's members:
+    ``images + rejected + sum(non_image) == members + unreadable_archives``."""
 
     archives: int = 0
     unreadable_archives: int = 0

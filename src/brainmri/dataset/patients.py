@@ -84,7 +84,8 @@ def attach_patients(rows: list[dict[str, str]], source: str, path: Path, spec: P
         entry = table.loc[key]
         if entry["label"] and row["label"] in CLASSES and entry["label"] != row["label"]:
             raise PatientTableError(
-                f"{path}: line {entry['line']}: label {entry['label']} disagrees with {row['original_path']} ({row['label']})"
+                f"{path}: line {entry['line']}: label {entry['label']} disagrees with "
+                f"{row['original_path']} ({row['label']})"
             )
         row["patient_id"] = entry["patient_id"]
         row["patient_fold"] = entry["fold"]

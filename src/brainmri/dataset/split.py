@@ -82,7 +82,8 @@ def _patient_links(patients: pd.Series) -> tuple[list[int], list[int]]:
 def grouping(
     table: pd.DataFrame, fingerprints: Fingerprints, thumbs: np.ndarray, dedup: DedupConfig, cfg: SplitConfig
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Group id per row (connected components of the links in the module docstring), and the count of each kind of link."""
+    """Group id per row (connected components of the links in the module docstring), and the count of each kind of
+    link."""
     n = len(table)
     links: dict[str, tuple] = {}
     if cfg.group_by_patient:

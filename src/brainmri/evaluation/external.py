@@ -101,7 +101,8 @@ def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
 
 
 def patient_of(relative: str, table: dict[str, str]) -> str:
-    """The patient of an image by its path inside the set: the longest trailing part of it the table names ("" if none)."""
+    """The patient of an image by its path inside the set: the longest trailing part of it the table names
+    ("" if none)."""
     parts = relative.split("/")
     return next((table[key] for i in range(len(parts)) if (key := "/".join(parts[i:])) in table), "")
 
@@ -371,13 +372,15 @@ def _value(metrics: dict | None, key: str) -> str:
 
 
 def summary_table(result: dict) -> str:
-    """A plain-text table of one set's results for the terminal (``with_overlap`` only when it differs from ``clean``)."""
+    """A plain-text table of one set's results for the terminal (``with_overlap`` only when it differs from
+    ``clean``)."""
     lines = [
         f"{result['name']} ({result['path']}): {result['images']} images used, {result['unlabelled']} unlabelled, "
         f"{result['unreadable']} unreadable"
         + (f", {result['without_patient']} without a patient" if "without_patient" in result else "")
         + f"; {result['overlapping_train_val']} overlap train/val (left out of clean)",
-        f"{'tumour detection':<26}{'n':>6}  {'sensitivity [95% CI]':<24}{'specificity [95% CI]':<24}{'ROC-AUC [95% CI]':<24}",
+        f"{'tumour detection':<26}{'n':>6}  {'sensitivity [95% CI]':<24}{'specificity [95% CI]':<24}"
+        f"{'ROC-AUC [95% CI]':<24}",
     ]
     parts = ("clean", "with_overlap") if result["overlapping_train_val"] else ("clean",)
     for part in parts:
@@ -387,13 +390,15 @@ def summary_table(result: dict) -> str:
         ):
             if d is not None:
                 lines.append(
-                    f"{f'{part}, {level}':<26}{d['n']:>6}  {_value(d, 'sensitivity'):<24}{_value(d, 'specificity'):<24}{_value(d, 'roc_auc'):<24}"
+                    f"{f'{part}, {level}':<26}{d['n']:>6}  {_value(d, 'sensitivity'):<24}"
+                    f"{_value(d, 'specificity'):<24}{_value(d, 'roc_auc'):<24}"
                 )
     for part in parts:
         r = result[part]
         if c := r.get("classification"):
             lines.append(
-                f"{part}: {len(c['classes'])} classes ({', '.join(c['classes'])}), n={c['n']}: accuracy {_value(c, 'accuracy')}, "
+                f"{part}: {len(c['classes'])} classes ({', '.join(c['classes'])}), n={c['n']}: "
+                f"accuracy {_value(c, 'accuracy')}, "
                 f"macro-F1 {_value(c, 'macro_f1')}, balanced accuracy {c['balanced_accuracy']:.3f}"
             )
         if r.get("ood_rejection_rate") is not None:

@@ -125,7 +125,8 @@ def bootstrap_ci(
     labels: list[int] | None = None,
     groups: np.ndarray | None = None,
 ) -> dict:
-    """95% percentile-bootstrap intervals for accuracy and macro-F1 (resampling images, or ``groups``, with replacement).
+    """95% percentile-bootstrap intervals for accuracy and macro-F1 (resampling images, or ``groups``, with
+    replacement).
 
     ``labels``: the classes macro-F1 averages over (default: all ``n_classes``).
     """

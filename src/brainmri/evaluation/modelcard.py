@@ -69,7 +69,8 @@ def _model(meta: CheckpointMeta) -> list[str]:
     if meta.preprocess.crop != "none" or meta.preprocess.intensity != "none":
         lines.insert(
             3,
-            f"- Before resizing: crop `{meta.preprocess.crop}`, intensity `{meta.preprocess.intensity}` (`train.input`).",
+            f"- Before resizing: crop `{meta.preprocess.crop}`, intensity `{meta.preprocess.intensity}` "
+            "(`train.input`).",
         )
     scalars = {k: v for k, v in meta.extra.items() if isinstance(v, (int, float, str, bool))}
     if scalars:
@@ -94,7 +95,8 @@ def _data(table: pd.DataFrame, reports: dict) -> list[str]:
             f"{dedup['images_kept']} (dropped: {dropped}).",
             f"- Duplicate pairs found: {pairs.get('exact', {}).get('total', 'n/a')} exact, "
             f"{pairs.get('near', {}).get('total', 'n/a')} near (of which across sources: "
-            f"{pairs.get('exact', {}).get('across_sources', 'n/a')} exact, {pairs.get('near', {}).get('across_sources', 'n/a')} near); "
+            f"{pairs.get('exact', {}).get('across_sources', 'n/a')} exact, "
+            f"{pairs.get('near', {}).get('across_sources', 'n/a')} near); "
             f"label conflicts: {dedup.get('label_conflicts', {}).get('clusters', 'n/a')} cluster(s), "
             f"action `{dedup.get('label_conflicts', {}).get('action', 'n/a')}`.",
             "- Kept per source: " + ", ".join(f"{s} {n}" for s, n in dedup.get("kept_per_source", {}).items()) + ".",
@@ -114,7 +116,8 @@ def _data(table: pd.DataFrame, reports: dict) -> list[str]:
         ]
     if not reports:
         lines.append(
-            "- (The dedup and split reports were not given to the evaluate stage; counts below are from the split table.)"
+            "- (The dedup and split reports were not given to the evaluate stage; "
+            "counts below are from the split table.)"
         )
     lines += ["", "Images per split and class:", ""]
     counts = pd.crosstab(table["split"], table["label"]).reindex(["train", "val", "test"]).fillna(0).astype(int)
@@ -176,7 +179,8 @@ def _results(metrics: dict, classes: list[str]) -> list[str]:
             ],
         )
         lines += [
-            "Per source (test; macro-F1 over the classes present in that source): a source much worse than the others is a warning sign.",
+            "Per source (test; macro-F1 over the classes present in that source): "
+            "a source much worse than the others is a warning sign.",
             "",
         ]
         lines += _table(
@@ -236,7 +240,8 @@ def _ood(ood: dict) -> list[str]:
         f"averaged), exceeds {_num(ood['threshold'], 2)} (the {ood['quantile']:g} quantile of the val images; "
         "fitted on the train images, saved as `ood.npz` beside this card).",
         "",
-        f"- MRI wrongly rejected (test): {_pct(test['false_rejection_rate'])} ({test['false_rejections']} of {test['n']}); "
+        f"- MRI wrongly rejected (test): {_pct(test['false_rejection_rate'])} "
+        f"({test['false_rejections']} of {test['n']}); "
         "per source: " + ", ".join(f"{s} {_pct(r)}" for s, r in test["per_source"].items()) + ".",
         f"- Non-MRI images detected: {_pct(non_mri['detection_rate'])} of {non_mri['n']}; per kind: "
         + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in non_mri["per_kind"].items())
@@ -244,7 +249,8 @@ def _ood(ood: dict) -> list[str]:
     ]
     if near := ood.get("near_distribution"):
         lines.append(
-            f"- Other medical images (generated look-alikes) refused: {_pct(near['detection_rate'])} of {near['n']}; per kind: "
+            f"- Other medical images (generated look-alikes) refused: {_pct(near['detection_rate'])} of {near['n']}; "
+            "per kind: "
             + ", ".join(f"{k} {_pct(r['detection_rate'])} (n={r['n']})" for k, r in near["per_kind"].items())
             + ". What gets through is classified as if it were a brain MRI."
         )
@@ -279,13 +285,15 @@ def _limitations(table: pd.DataFrame) -> list[str]:
         "## Limitations",
         "",
         *_confounding(table),
-        "- One 2-D slice at a time, resized to a square; no 3-D context, no sequence information beyond what the sources hold.",
+        "- One 2-D slice at a time, resized to a square; no 3-D context, "
+        "no sequence information beyond what the sources hold.",
         "- Labels are the sources' folder labels, not re-read by radiologists; public sets carry label noise.",
         "- Patient identity is known only for figshare; elsewhere near-duplicate grouping is the only guard against "
         "one patient's slices landing in both train and test.",
         "- The out-of-distribution check only catches images whose features lie far from the training MRI; "
         "another MRI sequence, a CT slice or an unusual scanner may pass it and still be misclassified.",
-        "- Grad-CAM is a coarse, qualitative explanation (one map per last feature layer), not evidence of correctness.",
+        "- Grad-CAM is a coarse, qualitative explanation (one map per last feature layer), "
+        "not evidence of correctness.",
         "",
     ]
 

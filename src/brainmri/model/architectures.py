@@ -62,7 +62,8 @@ class PretrainedWeightsUnavailable(ModelError):
 
 TF_EFFNET_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 """The normalisation these (TensorFlow-trained) weights expect: TF's Lite preprocessing maps pixels to about [-1, 1]
-(mean 127, std 128), not ImageNet mean/std; on scikit-learn's sample photos it also gives the most confident correct labels."""
+(mean 127, std 128), not ImageNet mean/std; on scikit-learn's sample photos it also gives the most confident
+correct labels."""
 
 
 class InputAdapter(nn.Module):
@@ -244,7 +245,8 @@ def efficientnet_lite_imagenet_state(variant: int = 0) -> dict[str, torch.Tensor
 
 
 def efficientnet_lite_backbone(variant: int, num_classes: int, pretrained: bool) -> nn.Module:
-    """timm's ``tf_efficientnet_lite{variant}``; with ``pretrained``, every ImageNet weight loaded strictly, head replaced."""
+    """timm's ``tf_efficientnet_lite{variant}``; with ``pretrained``, every ImageNet weight loaded strictly, head
+    replaced."""
     import timm
 
     net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False, num_classes=1000, drop_rate=0.2)

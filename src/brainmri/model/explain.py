@@ -71,7 +71,8 @@ POINTING_TOLERANCE_PX = 15
 def _backward(
     model: nn.Module, batch: torch.Tensor, targets: Sequence[int] | None, layer: nn.Module
 ) -> tuple[torch.Tensor, ...]:
-    """One backward pass of the target class scores: the layer's activation and gradient, the input gradient, the logits."""
+    """One backward pass of the target class scores: the layer's activation and gradient, the input gradient, the
+    logits."""
     saved: dict[str, torch.Tensor] = {}
 
     def keep(_module, _args, output: torch.Tensor) -> None:
@@ -98,7 +99,8 @@ def _backward(
 
 
 def channel_weights(activation: torch.Tensor, gradient: torch.Tensor, method: str) -> torch.Tensor:
-    """Per-channel weights ``[N, C, 1, 1]``: Grad-CAM's mean gradient, or Grad-CAM++'s alpha-weighted positive gradient."""
+    """Per-channel weights ``[N, C, 1, 1]``: Grad-CAM's mean gradient, or Grad-CAM++'s alpha-weighted positive
+    gradient."""
     if method == "gradcam":
         return gradient.mean(dim=(2, 3), keepdim=True)
     squared = gradient**2

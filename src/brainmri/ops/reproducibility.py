@@ -60,18 +60,24 @@ class StageCheck:
 
 
 def pipeline_stages(repo: Path) -> dict[str, list[Path]]:
-    """Stage name → the paths it writes (outs, metrics, plots), in ``dvc.yaml`` order.
+    """Stage name → the paths it writes (outs, metrics, plots), in ``dvc.yaml`` order."""
+    return {name: outs for name, (outs, _) in _pipeline(repo).items()}
+
+
+def _pipeline(repo: Path) -> dict[str, tuple[list[Path], list[Path]]]:
+    """Stage name → (the paths it writes, the paths it reads), in ``dvc.yaml`` order.
 
     Asked of DVC rather than read from ``dvc.yaml``, so that stages generated
     by ``foreach`` (one per external set, ``external@0`` ...) are included
-    under their own names, and an empty ``foreach`` yields none.
+    under their own names, an empty ``foreach`` yields none, and paths written
+    as ``${...}`` (params.yaml's ``out_dir`` keys) come resolved.
     """
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
     with Repo(str(repo)) as dvc:
         return {
-            stage.name: [Path(out.fs_path) for out in stage.outs]
+            stage.name: ([Path(out.fs_path) for out in stage.outs], [Path(dep.fs_path) for dep in stage.deps])
             for stage in dvc.index.stages
             if isinstance(stage, PipelineStage)
         }
@@ -97,7 +103,8 @@ def compare(stage: str, before: dict[str, str], after: dict[str, str]) -> StageC
 
 
 def check_reproducibility(repo: Path, echo=print) -> bool:
-    """Run the pipeline; compare its outputs with the committed lock, then rerun each stage and compare; one line per check."""
+    """Run the pipeline; compare its outputs with the committed lock, then rerun each stage and compare; one line
+    per check."""
     repo = repo.resolve()  # DVC names outputs by resolved paths
     run_dvc(repo, "repro")
     echo("1. this machine's run against the committed dvc.lock (git HEAD):")
@@ -134,15 +141,14 @@ def _lock_entries(lock: dict, stage: str, key: str) -> dict[str, str | None]:
 
 
 def model_stages(repo: Path, root: str = "train") -> set[str]:
-    """``root`` and every stage that depends, directly or not, on its outputs (the ones a model feeds)."""
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    outs = {name: {str(p.relative_to(repo)) for p in paths} for name, paths in pipeline_stages(repo).items()}
+    """``root`` and every stage that reads, directly or not, what it writes (the ones a model feeds)."""
+    stages = _pipeline(repo)
     found, changed = {root}, True
     while changed:
         changed = False
-        for name, stage in spec.items():
-            deps = {d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])}
-            if name not in found and any(deps & outs[f] for f in found):
+        for name, (_, deps) in stages.items():
+            written = [out for feeder in found for out in stages[feeder][0]]
+            if name not in found and any(dep == out or out in dep.parents for dep in deps for out in written):
                 found.add(name)
                 changed = True
     return found

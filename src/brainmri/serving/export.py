@@ -56,10 +56,12 @@ def _meta(meta: CheckpointMeta, checkpoint: Path, temperature: float) -> dict:
         "model": meta.model_name,
         "classes": list(meta.classes),
         "image_size": meta.image_size,
-        "input": f"image: float32 [N, 1, {meta.image_size}, {meta.image_size}], grey in [0, 1]; see brainmri.core.preprocess",
+        "input": f"image: float32 [N, 1, {meta.image_size}, {meta.image_size}], grey in [0, 1]; "
+        "see brainmri.core.preprocess",
         "preprocess": {
             **meta.preprocess.model_dump(mode="json"),
-            "applied": "outside the graph, before resizing: brainmri.core.preprocess.normalise_input (none: nothing to do)",
+            "applied": "outside the graph, before resizing: brainmri.core.preprocess.normalise_input "
+            "(none: nothing to do)",
         },
         "output": "probabilities: float32 [N, classes], softmax(logits / temperature), in the order of 'classes'",
         "temperature": temperature,
@@ -123,7 +125,8 @@ def max_differences(
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, seed: int = 0, temperature: Path | None = None) -> dict:
-    """Write ``model.ts``, ``model.onnx`` and ``model.json`` under ``out_dir``; verify both exports; return paths and differences.
+    """Write ``model.ts``, ``model.onnx`` and ``model.json`` under ``out_dir``; verify both exports; return paths
+    and differences.
 
     ``temperature``: the evaluate stage's ``temperature.json`` for this
     checkpoint, divided into the logits before the softmax (none: ``T = 1``).

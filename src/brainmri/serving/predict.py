@@ -50,7 +50,8 @@ class PredictError(UserError, ValueError):
 def decoded_batches(
     inputs: list[Path], batch_size: int, skipped: list[dict]
 ) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    """Batches of ``(names, grey images)``; every input that cannot be used is appended to ``skipped`` with its reason."""
+    """Batches of ``(names, grey images)``; every input that cannot be used is appended to ``skipped`` with its
+    reason."""
     names, images = [], []
     for name, data, error in iter_inputs(inputs):
         if data is not None:

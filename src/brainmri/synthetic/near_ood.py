@@ -53,7 +53,8 @@ CT_WINDOWS = {"brain": (40.0, 80.0), "bone": (500.0, 2000.0)}
 
 
 def window_hu(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Map Hounsfield units to 8-bit grey: ``level - width/2`` and below is black, ``level + width/2`` and above white."""
+    """Map Hounsfield units to 8-bit grey: ``level - width/2`` and below is black, ``level + width/2`` and above
+    white."""
     scaled = (np.asarray(hu, dtype=np.float64) - (level - width / 2)) / width
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
 

@@ -165,7 +165,8 @@ def sequential_batches(num_images: int, batch_size: int) -> Iterator[slice]:
 
 
 def batch_seed(seed: int, epoch: int, step: int, rank: int = 0) -> int:
-    """The augmentation seed of one batch (one rank's shard of it), independent of everything else that draws random numbers.
+    """The augmentation seed of one batch (one rank's shard of it), independent of everything else that draws
+    random numbers.
 
     Ranks other than 0 mix in their rank, so shards do not share transform
     parameters image by image; rank 0 and a single process keep the seeds

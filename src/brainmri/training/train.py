@@ -88,7 +88,8 @@ def make_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def set_trainable(model: Classifier, cfg: TrainConfig, epoch: int) -> None:
-    """Two-phase fine-tuning: head only before ``freeze_epochs``, then also the last ``unfreeze_blocks`` blocks (0: all).
+    """Two-phase fine-tuning: head only before ``freeze_epochs``, then also the last ``unfreeze_blocks`` blocks
+    (0: all).
 
     Training a fresh head on frozen pretrained features first means the
     trunk, once unfrozen, gets gradients from a sensible head instead of a
@@ -213,7 +214,12 @@ def _sampling_weights(train_rows: pd.DataFrame, cfg: TrainConfig) -> np.ndarray 
 
 
 def predict_logits(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size: int = 128) -> torch.Tensor:
-    """Float32 CPU logits ``[N, classes]`` for uint8 ``[N, 1, S, S]`` images (e.g. from ``cached_images``)."""
+    """Float32 CPU logits ``[N, classes]`` for uint8 ``[N, 1, S, S]`` images (e.g. from ``cached_images``).
+
+    Validation during training: the cache's already-resized images, on the training device, under its autocast.
+    ``brainmri.model.inference.logits_and_features`` is the other way in, for any decoded image at any size, with
+    the block features the OOD check needs.
+    """
     model.eval()
     chunks = []
     for rows in sequential_batches(len(images), batch_size):
@@ -453,8 +459,9 @@ OPT_IN_SWITCHES = {
         key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")
     },
 }
-"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.input``, scanner augmentations). At their off defaults they are left out of
-the params a checkpoint records, so a default run writes the same checkpoint bytes as before they existed."""
+"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.input``, scanner augmentations). At their
+off defaults they are left out of the params a checkpoint records, so a default run writes the same checkpoint
+bytes as before they existed."""
 
 
 def recorded_params(cfg: TrainConfig) -> dict:
@@ -470,7 +477,8 @@ def recorded_params(cfg: TrainConfig) -> dict:
 
 
 def _cpu_threads(cfg: TrainConfig, ranks: Dist) -> int:
-    """``num_threads``, or the cores shared out among the processes: CPU ranks that each took every core would thrash."""
+    """``num_threads``, or the cores shared out among the processes: CPU ranks that each took every core would
+    thrash."""
     return cfg.num_threads or max(1, (os.cpu_count() or 1) // ranks.world_size)
 
 
@@ -493,7 +501,8 @@ def _resume_state(
 def _restore(
     path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: _State
 ) -> None:
-    """Load ``last.pt`` into the fresh objects; refuse one from other params, data or classes (it would not be a resume)."""
+    """Load ``last.pt`` into the fresh objects; refuse one from other params, data or classes (it would not be a
+    resume)."""
     payload = read_checkpoint(path)
     recorded = {**payload, "preprocess": InputConfig.model_validate(payload.get("preprocess", {}))}
     for key, value in meta.items():
