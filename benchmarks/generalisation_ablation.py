@@ -17,7 +17,7 @@ on the pipeline's patient-level split and is scored on
   the ``tcga_half`` configurations do not train on (``tcga_half_*``, for every configuration).
 
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
-(``brainmri.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
+(``brainmri.dataset.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
 the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>``
 (``--seed``); a rerun of one key keeps the others. The test split is only scored, never used to choose: choose on
 TCGA and held-out sources.
@@ -69,6 +69,7 @@ CONFIGS: dict[str, dict] = {
         "label_smoothing": 0.1,
         "cpu_bf16": True,
     },
+    "tcga_half_balanced": {"extra": TCGA_TRAIN, "sampling": "source_balanced"},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
