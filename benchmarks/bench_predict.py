@@ -31,12 +31,13 @@ from PIL import Image
 from brainmri.config import CLASSES
 from brainmri.core.hashing import file_digest
 from brainmri.core.imaging import decode_image
+from brainmri.core.inputs import INPUT_LIMITS
 from brainmri.model.architectures import MODELS, build_model
 from brainmri.model.checkpoint import load_checkpoint, save_checkpoint
 from brainmri.model.explain import gradcam_images
 from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import OODCheck, fit_ood
-from brainmri.serving.predict import LIMITS, predict_paths
+from brainmri.serving.predict import predict_paths
 
 SIDE = 512
 
@@ -102,12 +103,12 @@ def measure(checkpoint: Path, folder: Path, images: int, repeats: int, batch_siz
     data = (image_dir / "0000.png").read_bytes()
 
     def one_image() -> None:
-        pixels = decode_image(data, "bench", LIMITS)
+        pixels = decode_image(data, "bench", INPUT_LIMITS)
         _, features = logits_and_features(model, [pixels], meta.image_size)
         check.rejects(check.score(features))
 
     def one_gradcam() -> None:
-        gradcam_images(model, [decode_image(data, "bench", LIMITS)], meta.image_size)
+        gradcam_images(model, [decode_image(data, "bench", INPUT_LIMITS)], meta.image_size)
 
     single = _latencies(one_image, repeats)
     cam = _latencies(one_gradcam, repeats)

@@ -5,7 +5,7 @@ the generated near-distribution set (``brainmri.synthetic.near_ood.near_mri_imag
 head-CT phantoms, Shepp-Logan, abdomen MRI look-alikes), the real images
 that pydicom and nibabel ship (``packaged_medical_images``: head and body CT,
 body MRI, a bone scan, ultrasound, EPI brain MRI; needs the ``dev`` extra),
-the plainly non-MRI set (``brainmri.ood.non_mri_images``), and the real brain
+the plainly non-MRI set (``brainmri.synthetic.non_mri.non_mri_images``), and the real brain
 MRI whose scores the evaluate and external stages already wrote
 (``predictions.csv``: the test split, and each external set given). Besides
 the fitted threshold it shows the refusal rates the threshold would give at
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from brainmri.core.imaging import BadImage, decode_image
+from brainmri.core.inputs import INPUT_LIMITS, iter_inputs
 from brainmri.core.preprocess import normalise_input
 from brainmri.model.checkpoint import load_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import OODCheck
-from brainmri.serving.predict import LIMITS, iter_inputs
 from brainmri.synthetic.near_ood import ACCEPTED_KINDS, near_mri_images, packaged_medical_images
 from brainmri.synthetic.non_mri import non_mri_images
 
@@ -71,7 +71,7 @@ def blank_files(sets: list[Path]) -> set[str]:
     blank = set()
     for name, data, _ in iter_inputs(sets):
         try:
-            pixels = decode_image(data or b"", name, LIMITS)
+            pixels = decode_image(data or b"", name, INPUT_LIMITS)
         except BadImage:
             continue
         if pixels.min() == pixels.max():
