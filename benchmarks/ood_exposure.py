@@ -28,8 +28,6 @@ import pandas as pd
 
 from brainmri.config import load_config
 from brainmri.core.hashing import file_digest
-from brainmri.core.imaging import BadImage, decode_image
-from brainmri.core.inputs import INPUT_LIMITS, iter_inputs
 from brainmri.core.preprocess import normalise_input
 from brainmri.evaluation.evaluate import load_resized
 from brainmri.model.checkpoint import load_checkpoint
@@ -37,6 +35,7 @@ from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import fit_ood
 from brainmri.synthetic.near_ood import near_mri_images, packaged_medical_images
 from brainmri.synthetic.non_mri import non_mri_images
+from ood_near import decoded_images
 
 EXPOSURES = {
     "dark50": lambda x: x * 0.5,
@@ -60,11 +59,7 @@ def stacked(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
 def external_images(sets: list[Path], preprocess) -> tuple[list[np.ndarray], int]:
     """The sets' decodable, non-blank images, preprocessed as the checkpoint wants, and how many were blank."""
     images, blank = [], 0
-    for name, data, _ in iter_inputs(sets):
-        try:
-            pixels = decode_image(data or b"", name, INPUT_LIMITS)
-        except BadImage:
-            continue
+    for _, pixels in decoded_images(sets):
         if pixels.min() == pixels.max():
             blank += 1
             continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +67,18 @@ def refusal_table(groups: dict[str, np.ndarray], thresholds: dict[str, float]) -
     return pd.DataFrame(rows)
 
 
-def blank_files(sets: list[Path]) -> set[str]:
-    """Names (as the external stage writes them) of the images in ``sets`` that hold a single grey level."""
-    blank = set()
+def decoded_images(sets: list[Path]) -> Iterator[tuple[str, np.ndarray]]:
+    """Every decodable image of ``sets`` (folders or zips), named as the external stage names it."""
     for name, data, _ in iter_inputs(sets):
         try:
-            pixels = decode_image(data or b"", name, INPUT_LIMITS)
+            yield name, decode_image(data or b"", name, INPUT_LIMITS)
         except BadImage:
             continue
-        if pixels.min() == pixels.max():
-            blank.add(name)
-    return blank
+
+
+def blank_files(sets: list[Path]) -> set[str]:
+    """Names of the images in ``sets`` that hold a single grey level."""
+    return {name for name, pixels in decoded_images(sets) if pixels.min() == pixels.max()}
 
 
 def where_refusals_fall(predictions: pd.DataFrame, threshold: float, blank: set[str], top: int = 5) -> dict:
