@@ -125,10 +125,7 @@ def main() -> None:
         images, blank = external_images(args.sets, meta.preprocess)
         groups[f"brain MRI: {', '.join(p.stem for p in args.sets)} ({blank} blank left out)"] = features(images)
         groups["brain MRI: test split, dark50"] = features(exposed(split_images["test"], EXPOSURES["dark50"]))
-    non_mri = [
-        ("plainly non-MRI (photos, noise, screenshots, X-ray look-alikes)", n, i)
-        for _, n, i in non_mri_images(cfg.seed)
-    ]
+    non_mri = [(f"plainly non-MRI: {kind}", n, i) for kind, n, i in non_mri_images(cfg.seed)]
     probes = non_mri + near_mri_images(cfg.seed) + packaged_medical_images()
     kinds = np.array([kind for kind, _, _ in probes])
     probe_features = features([normalise_input(image, meta.preprocess) for _, _, image in probes])
