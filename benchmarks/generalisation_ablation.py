@@ -53,6 +53,13 @@ TCGA_TRAIN = "tcga_train_half"
 positions) to train, as ``glioma`` / ``no_tumor`` of a source ``tcga``; TCGA is then scored on the other half
 only (``tcga_half_*``), which every configuration also reports, so the rows compare."""
 
+HEALED = "figshare_contralateral"
+"""The extra-training switch: add, as ``no_tumor`` of a source ``figshare_healed``, every train figshare slice
+whose tumour box ``brainmri.synthetic.contralateral.heal`` could replace by the other hemisphere's tissue."""
+HEALED_SHAM = "figshare_contralateral_sham"
+"""As ``HEALED``, plus a ``sham`` copy of the same slices (tumour kept, a clear region pasted the same way) with
+its own label, source ``figshare_sham``: the seam then occurs in both classes."""
+
 HEAD_INPUT = {"input.crop": "head", "input.intensity": "percentile"}
 
 CONFIGS: dict[str, dict] = {
@@ -70,6 +77,8 @@ CONFIGS: dict[str, dict] = {
         "cpu_bf16": True,
     },
     "tcga_half_balanced": {"extra": TCGA_TRAIN, "sampling": "source_balanced"},
+    "healed": {"extra": HEALED},
+    "healed_sham": {"extra": HEALED_SHAM},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
@@ -125,6 +134,37 @@ class External:
                 }
             )
         return pd.DataFrame(rows)
+
+
+def contralateral_rows(table: pd.DataFrame, folder: Path, seed: int, with_sham: bool) -> pd.DataFrame:
+    """Healed (and sham) copies of the train split's boxed figshare slices, written as PNGs under ``folder``."""
+    import zlib
+
+    from brainmri.core.imaging import read_grey_png
+    from brainmri.synthetic.contralateral import heal, sham
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train = table[(table["split"] == "train") & (table["source"] == "figshare_jpg") & (table["box"] != "")]
+    rows, reasons = [], {}
+    for row in train.itertuples():
+        pixels = read_grey_png(row.path)
+        box = tuple(float(value) for value in row.box.split())
+        healed = heal(pixels, box)
+        reasons[healed.reason.split(" (")[0]] = reasons.get(healed.reason.split(" (")[0], 0) + 1
+        if healed.image is None:
+            continue
+        made = [(healed.image, "no_tumor", "figshare_healed", "healed")]
+        if with_sham:
+            rng = np.random.default_rng([seed, zlib.crc32(row.image_id.encode())])
+            shammed = sham(pixels, box, rng)
+            if shammed.image is not None:
+                made.append((shammed.image, row.label, "figshare_sham", "sham"))
+        for image, label, source, kind in made:
+            path = folder / f"{row.image_id}-{kind}.png"
+            Image.fromarray(image).save(path)
+            rows.append({"path": str(path), "label": label, "source": source, "split": "train"})
+    print("contralateral:", reasons, f"{len(rows)} images added", flush=True)
+    return pd.DataFrame(rows)
 
 
 def probabilities(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
@@ -244,6 +284,9 @@ def main() -> None:
             if external is None:
                 raise SystemExit(f"{name} trains on half of TCGA: {args.external} is missing")
             training = pd.concat([table, external.training_rows(args.root / "build/generalisation/tcga_train_half")])
+        elif extra in (HEALED, HEALED_SHAM):
+            made = contralateral_rows(table, work / "contralateral", cfg.seed, with_sham=extra == HEALED_SHAM)
+            training = pd.concat([table, made])
         started = time.perf_counter()
         if not args.score_only:
             seed = cfg.seed if args.seed is None else args.seed
