@@ -128,7 +128,7 @@ def main() -> None:
         started = time.perf_counter()
         i, j, d = hamming_pairs(hashes, cfg.max_hamming)
         seconds = time.perf_counter() - started
-        found = set(zip(i.tolist(), j.tolist()))
+        found = set(zip(i.tolist(), j.tolist(), strict=True))
         same = "not run"
         if n <= args.scan_up_to:
             started = time.perf_counter()

@@ -81,7 +81,7 @@ def chained(links: pd.DataFrame, table: pd.DataFrame) -> dict:
     return {
         "pair_precision": round(same / pairs, 4) if pairs else None,
         "largest_group": int(sizes.max()),
-        "groups_of_size": {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))},
+        "groups_of_size": {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True), strict=True)},
     }
 
 

@@ -53,7 +53,7 @@ def exposed(images: list[np.ndarray], change) -> list[np.ndarray]:
 
 def stacked(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
     """Per-block features of several image sets, one after the other."""
-    return [np.concatenate(blocks) for blocks in zip(*parts)]
+    return [np.concatenate(blocks) for blocks in zip(*parts, strict=True)]
 
 
 def external_images(sets: list[Path], preprocess) -> tuple[list[np.ndarray], int]:

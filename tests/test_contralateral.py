@@ -1,9 +1,9 @@
-"""Tumour-free slices from tumour slices by contralateral mirroring (brainmri.synthetic.contralateral)."""
+"""Tumour-free slices from tumour slices by contralateral mirroring (benchmarks/contralateral.py)."""
 
 import numpy as np
 import pytest
 
-from brainmri.synthetic.contralateral import heal, mirror, sham
+from contralateral import heal, mirror, sham
 
 SIZE = 256
 AXIS = 128.0  # the synthetic head's midline column (between columns 127 and 128)

@@ -117,8 +117,8 @@ def test_scan_matches_brute_force():
     bits[1] = bits[0]
     bits[2, :250] = bits[0, :250]
     i, j, d = hamming_pairs_scan(_packed(bits), 100, block=64)
-    assert set(zip(i.tolist(), j.tolist())) == _brute_force(bits, 100)
-    assert dict(zip(zip(i.tolist(), j.tolist()), d.tolist()))[(0, 1)] == 0
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == _brute_force(bits, 100)
+    assert dict(zip(zip(i.tolist(), j.tolist(), strict=True), d.tolist(), strict=True))[(0, 1)] == 0
 
 
 @pytest.mark.parametrize(
@@ -139,20 +139,23 @@ def test_index_returns_exactly_the_scan_pairs(n, nbits, radius):
     hashes = _packed(bits)
     got = hamming_pairs(hashes, radius)
     want = hamming_pairs_scan(hashes, radius)
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert set(zip(got[0].tolist(), got[1].tolist())) == _brute_force(bits, radius)
+    assert set(zip(got[0].tolist(), got[1].tolist(), strict=True)) == _brute_force(bits, radius)
 
 
 def test_index_edge_cases():
     hashes = _packed(np.random.default_rng(0).random((50, 64)) < 0.5)
     small_batches = hamming_pairs(hashes, 30, batch=7)
-    for a, b in zip(small_batches, hamming_pairs_scan(hashes, 30)):
+    for a, b in zip(small_batches, hamming_pairs_scan(hashes, 30), strict=True):
         np.testing.assert_array_equal(a, b)
     assert all(len(x) == 0 for x in hamming_pairs(hashes[:1], 8))
     same = np.repeat(hashes[:1], 5, axis=0)
     i, j, d = hamming_pairs(same, 0)
-    assert list(zip(i.tolist(), j.tolist())) == [(a, b) for a in range(5) for b in range(a + 1, 5)] and not d.any()
+    assert (
+        list(zip(i.tolist(), j.tolist(), strict=True)) == [(a, b) for a in range(5) for b in range(a + 1, 5)]
+        and not d.any()
+    )
 
 
 def test_index_searches_a_million_like_hashes_without_all_pairs():
@@ -167,7 +170,7 @@ def test_confirmed_pairs_in_small_batches_match(planted):
     _, prints = deduplicate(planted, DedupConfig(), source_order=["a", "b"], workers=1)
     loose = DedupConfig(max_hamming=64)  # every pair is a candidate
     whole = confirmed_pairs(prints, loose.max_hamming, 0.0)
-    for a, b in zip(confirmed_pairs(prints, loose.max_hamming, 0.0, batch=7), whole):
+    for a, b in zip(confirmed_pairs(prints, loose.max_hamming, 0.0, batch=7), whole, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(whole[0]) > 50 and (whole[3] >= 0).all()
 

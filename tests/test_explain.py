@@ -78,7 +78,7 @@ def test_gradcam_points_at_the_planted_blob():
     cams, proba = gradcam(model, test_x, targets=[1] * len(test_x), layer=model.features)
     assert (proba.argmax(axis=1) == test_y).mean() >= 0.9, "the tiny model did not learn the blob"
     assert cams.shape == (40, SIZE, SIZE) and cams.min() >= 0 and cams.max() <= 1
-    scores = [localisation(cam, disc) for cam, disc, label in zip(cams, discs, test_y) if label == 1]
+    scores = [localisation(cam, disc) for cam, disc, label in zip(cams, discs, test_y, strict=True) if label == 1]
     hits = np.mean([s["hit"] for s in scores])
     mass = np.mean([s["mass"] for s in scores])
     chance = np.mean([s["area"] for s in scores])

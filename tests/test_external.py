@@ -132,8 +132,10 @@ def test_grouped_bootstrap_draws_whole_groups():
     sizes = {"a": 3, "b": 5, "c": 2}
     for rows in drawn:
         names, counts = np.unique(groups[rows], return_counts=True)
-        assert all(count % sizes[name] == 0 for name, count in zip(names, counts))
-        assert sum(count // sizes[name] for name, count in zip(names, counts)) == 3, "as many groups as there are"
+        assert all(count % sizes[name] == 0 for name, count in zip(names, counts, strict=True))
+        assert sum(count // sizes[name] for name, count in zip(names, counts, strict=True)) == 3, (
+            "as many groups as there are"
+        )
     assert bootstrap_intervals({"x": lambda rows: None}, 4, 10, seed=0) == {"x_ci95": None}
 
 
@@ -163,7 +165,7 @@ def test_patient_table_inside_a_zip_names_files_by_their_last_components(tmp_pat
     )
     data = read_external(spec)
     assert data.counts == {"unlabelled": 1, "unreadable": 0, "without_patient": 1}
-    assert dict(zip(data.rows["relative"], data.rows["patient"])) == {
+    assert dict(zip(data.rows["relative"], data.rows["patient"], strict=True)) == {
         "set/tumour/a_1.jpg": "A",
         "set/no_tumour/a_2.jpg": "A",
         "set/tumour/sub/b_1.jpg": "B",

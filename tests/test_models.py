@@ -97,7 +97,7 @@ def test_one_train_step_on_grey_input(name):
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(ValueError, match="grey batch"):
         model(torch.rand(2, 3, 32, 32))
 

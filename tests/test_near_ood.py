@@ -25,9 +25,12 @@ def test_generated_set_is_grey_seeded_and_looks_like_ct():
     first, again, other = near_mri_images(5), near_mri_images(5), near_mri_images(6)
     assert [name for _, name, _ in first] == [name for _, name, _ in again]
     assert all(
-        a.dtype == np.uint8 and a.ndim == 2 and np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(first, again)
+        a.dtype == np.uint8 and a.ndim == 2 and np.array_equal(a, b)
+        for (_, _, a), (_, _, b) in zip(first, again, strict=True)
     )
-    assert any(not np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(first, other)), "the seed must matter"
+    assert any(not np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(first, other, strict=True)), (
+        "the seed must matter"
+    )
     kinds = [kind for kind, _, _ in first]
     assert {k: kinds.count(k) for k in set(kinds)} == {
         "ct_head_like_brain_window": 4,

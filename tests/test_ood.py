@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainmri.model.ood import LayerGaussian, OODCheck, detection_summary, fit_ood
+from brainmri.model.ood import LayerGaussian, OODCheck, OODMismatch, detection_summary, fit_ood, load_ood_check
 from brainmri.synthetic.non_mri import non_mri_images
 
 
@@ -82,13 +82,27 @@ def test_saved_check_loads_identically_and_bytes_are_reproducible(tmp_path):
     assert len(loaded.layers) == 2 and np.array_equal(loaded.score(blocks), check.score(blocks))
 
 
+def test_a_check_with_unpaired_scales_is_refused_with_its_path(tmp_path):
+    rng = np.random.default_rng(3)
+    train, labels = clusters(rng, 90)
+    blocks = [train[:, :7], train]
+    fit_ood(blocks, labels, blocks, 0.99, "f" * 64).save(tmp_path / "ood.npz")
+    with np.load(tmp_path / "ood.npz") as data:
+        damaged = {key: data[key] for key in data.files}
+    damaged["scale"] = damaged["scale"][:1]
+    np.savez_compressed(tmp_path / "damaged.npz", **damaged)
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(OODMismatch, match=r"damaged.npz: not an out-of-distribution check .*1 scales for 2 feature"):
+        load_ood_check(tmp_path / "damaged.npz", tmp_path / "model.pt")
+
+
 def test_non_mri_images_are_grey_seeded_and_cover_every_kind():
     first = non_mri_images(seed=5)
     again = non_mri_images(seed=5)
     kinds = {kind for kind, _, _ in first}
     assert kinds == {"photo", "noise", "gradient", "screenshot", "chest_xray_like"}
     assert len({name for _, name, _ in first}) == len(first)
-    for (_, _, image), (_, _, same) in zip(first, again):
+    for (_, _, image), (_, _, same) in zip(first, again, strict=True):
         assert image.ndim == 2 and image.dtype == np.uint8 and min(image.shape) >= 64
         assert np.array_equal(image, same)
     other = {name: image for _, name, image in non_mri_images(seed=6)}

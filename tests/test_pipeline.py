@@ -137,7 +137,7 @@ def test_dedup_finds_every_planted_copy_and_merges_no_distinct_phantoms(pipeline
 
     truth = json.loads((pipeline / "build" / "raw" / "demo_truth.json").read_text())
     manifest = pd.read_csv(pipeline / "build" / "dedup" / "manifest.csv", keep_default_na=False)
-    cluster = dict(zip(manifest["original_path"], manifest["cluster_id"]))
+    cluster = dict(zip(manifest["original_path"], manifest["cluster_id"], strict=True))
     key = lambda ref: f"{truth['archives'][ref['archive']]}/{ref['member']}"  # noqa: E731
     pairs = [
         p for kind in ("exact_copies", "near_copies", "cross_source_copies", "conflicting_labels") for p in truth[kind]

@@ -126,10 +126,10 @@ def test_nearest_neighbour_and_threshold_pairs_on_hand_made_vectors():
     cells = np.array(["a", "a", "a", "a", "b"])
     i, j, c = nearest_neighbour_pairs(vectors, 0.9, cells)
     # 0 and 1 are each other's nearest (cos 10° = 0.985); 2 and 3 likewise; 4 is alone in its cell
-    assert list(zip(i, j)) == [(0, 1), (2, 3)] and np.allclose(c, np.cos(np.deg2rad(10)))
-    assert list(zip(*nearest_neighbour_pairs(vectors, 0.99, cells)[:2])) == []
+    assert list(zip(i, j, strict=True)) == [(0, 1), (2, 3)] and np.allclose(c, np.cos(np.deg2rad(10)))
+    assert list(zip(*nearest_neighbour_pairs(vectors, 0.99, cells)[:2], strict=True)) == []
     i, j, _ = correlated_pairs(vectors, 0.0, block=2)  # any pair within 90°, across cells too
-    assert list(zip(i, j)) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert list(zip(i, j, strict=True)) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     i, j, _ = correlated_pairs(vectors, -0.9, cells=cells)
     assert (cells[i] == cells[j]).all() and len(i) == 6
 

@@ -181,8 +181,8 @@ def test_augmentation_never_flips_vertically():
     augment = BatchAugment(AugmentConfig(rotation_degrees=0, scale_min=1, brightness=0, contrast=0), 16)
     batch = torch.rand(32, 1, 16, 16)
     out = augment(batch, seed=0)
-    mirrored = [torch.equal(o, x.flip(-1)) for o, x in zip(out, batch)]
-    assert all(torch.equal(o, x) or m for o, x, m in zip(out, batch, mirrored)) and 0 < sum(mirrored) < 32
+    mirrored = [torch.equal(o, x.flip(-1)) for o, x in zip(out, batch, strict=True)]
+    assert all(torch.equal(o, x) or m for o, x, m in zip(out, batch, mirrored, strict=True)) and 0 < sum(mirrored) < 32
 
 
 def lr_trace(cfg, steps: int, epoch_steps: int = 10) -> list[float]:
@@ -262,7 +262,9 @@ def test_two_phase_fine_tuning_freezes_the_trunk_then_unfreezes_the_last_blocks(
     run(table, cfg, tmp_path)
 
     def moved(before, after):
-        return [any(not torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(before, after)]
+        return [
+            any(not torch.equal(a, b) for a, b in zip(x, y, strict=True)) for x, y in zip(before, after, strict=True)
+        ]
 
     initial, phase1, phase2 = snapshots
     assert moved(initial, phase1) == [False] * (len(initial) - 1) + [True]

@@ -17,7 +17,10 @@ from ..config import Config
 def _table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join([frame.index.name or "", *map(str, frame.columns)]) + " |"
     rule = "|" + "---|" * (len(frame.columns) + 1)
-    rows = ["| " + " | ".join([str(index), *map(str, row)]) + " |" for index, row in zip(frame.index, frame.to_numpy())]
+    rows = [
+        "| " + " | ".join([str(index), *map(str, row)]) + " |"
+        for index, row in zip(frame.index, frame.to_numpy(), strict=True)
+    ]
     return "\n".join([header, rule, *rows])
 
 

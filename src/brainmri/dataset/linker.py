@@ -100,7 +100,7 @@ def nearest_neighbour_pairs(
         np.fill_diagonal(scores, -np.inf)
         nearest = scores.argmax(axis=1)
         best = scores[np.arange(len(rows)), nearest]
-        for a, b, c in zip(rows, rows[nearest], best):
+        for a, b, c in zip(rows, rows[nearest], best, strict=True):
             if c >= min_correlation:
                 found.setdefault((int(min(a, b)), int(max(a, b))), float(c))
     pairs = sorted(found)

@@ -173,7 +173,7 @@ def audit(
         "patients_in_several_splits_by_source": {k: int(v) for k, v in by_source.items()},
         "examples": [
             [str(table["image_id"].iloc[a]), str(table["image_id"].iloc[b])]
-            for a, b in zip(i[cross][:10], j[cross][:10])
+            for a, b in zip(i[cross][:10], j[cross][:10], strict=True)
         ],
     }
     if cfg.same_picture_correlation is not None:

@@ -128,7 +128,7 @@ def _write_plot_data(plots_dir: Path, y: np.ndarray, proba: np.ndarray, classes:
     """Confusion rows, one ROC and one PR curve file per class, and the reliability table (DVC plots)."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     predicted = proba.argmax(axis=1)
-    confusion = [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(y, predicted)]
+    confusion = [{"actual": classes[a], "predicted": classes[p]} for a, p in zip(y, predicted, strict=True)]
     (plots_dir / "confusion.json").write_text(json.dumps(confusion, indent=0) + "\n")
     for k, name in enumerate(classes):
         positives = y == k
@@ -164,10 +164,10 @@ def _regions(rows: pd.DataFrame, size: int, spec: InputConfig = NO_INPUT) -> lis
         c: rows[c].fillna("").astype(str) if c in rows else pd.Series([""] * len(rows)) for c in ("mask_path", "box")
     }
     if spec.crop == "none":
-        return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"])]
+        return [region_mask(size, mask, box) for mask, box in zip(columns["mask_path"], columns["box"], strict=True)]
     return [
         _cropped_region(path, mask, box, size, spec) if mask or box else None
-        for path, mask, box in zip(rows["path"], columns["mask_path"], columns["box"])
+        for path, mask, box in zip(rows["path"], columns["mask_path"], columns["box"], strict=True)
     ]
 
 
@@ -222,7 +222,8 @@ def _explain(
             model, [images[i] for i in located], meta.image_size, targets=[int(y[i]) for i in located], method=method
         )
         scores = [
-            {"label": classes[y[i]], **localisation(m, regions[i], t)} for i, m, t in zip(located, maps, tolerances)
+            {"label": classes[y[i]], **localisation(m, regions[i], t)}
+            for i, m, t in zip(located, maps, tolerances, strict=True)
         ]
         by_method[method] = summarise_localisation(scores, classes)
 
@@ -232,7 +233,7 @@ def _explain(
     originals = [normalise_input(read_grey_png(rows["path"].iloc[i]), meta.preprocess) for i in sample]
     cams, _ = gradcam_images(model, originals, meta.image_size, targets=[int(predicted[i]) for i in sample])
     panels = []
-    for i, original, cam in zip(sample, originals, cams):
+    for i, original, cam in zip(sample, originals, cams, strict=True):
         verdict = "correct" if predicted[i] == y[i] else "wrong"
         image_id = rows["image_id"].iloc[i]
         path = gradcam_dir / classes[y[i]] / f"{verdict}_{image_id}.png"

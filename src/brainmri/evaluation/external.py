@@ -97,7 +97,7 @@ def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
     name, data = found
     columns = PatientTable(name=table, key=spec.patients.file_column, id=spec.patients.patient_column)
     frame = read_table(name, columns, data)
-    return dict(zip(frame.index.str.strip("/"), frame["patient_id"]))
+    return dict(zip(frame.index.str.strip("/"), frame["patient_id"], strict=True))
 
 
 def patient_of(relative: str, table: dict[str, str]) -> str:
@@ -352,7 +352,7 @@ def run_external(
         check=check,
         temperature=scale,
         reference=reference,
-        split_of=dict(zip(known["image_id"], known["split"])),
+        split_of=dict(zip(known["image_id"], known["split"], strict=True)),
         dedup=dedup,
         resamples=resamples,
         seed=seed,

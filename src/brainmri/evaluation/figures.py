@@ -85,7 +85,7 @@ def training_curves_figure(live_dir: Path, path: Path) -> bool:
         return False
     panels = sorted({f.stem for f in files if f.stem != "lr"})
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for axis, panel in zip(axes[0], panels):
+    for axis, panel in zip(axes[0], panels, strict=True):
         for file in (f for f in files if f.stem == panel):
             data = pd.read_csv(file, sep="\t")
             axis.plot(data["step"], data[data.columns[-1]], marker=".", label=file.parent.name)
@@ -124,7 +124,7 @@ def gradcam_figure(panels: list[tuple[Path, str]], path: Path, columns: int = 4)
     figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 2.4 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, (png, title) in zip(axes.flat, panels):
+    for axis, (png, title) in zip(axes.flat, panels, strict=False):
         axis.imshow(plt.imread(png))
         axis.set_title(title, fontsize=8)
     _save(figure, path)

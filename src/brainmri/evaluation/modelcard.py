@@ -123,12 +123,13 @@ def _data(table: pd.DataFrame, reports: dict) -> list[str]:
     counts = pd.crosstab(table["split"], table["label"]).reindex(["train", "val", "test"]).fillna(0).astype(int)
     lines += _table(
         ["split", *counts.columns, "total"],
-        [[s, *row, int(row.sum())] for s, row in zip(counts.index, counts.to_numpy())],
+        [[s, *row, int(row.sum())] for s, row in zip(counts.index, counts.to_numpy(), strict=True)],
     )
     lines += ["Images per source and class (all splits):", ""]
     by_source = pd.crosstab(table["source"], table["label"])
     lines += _table(
-        ["source", *by_source.columns], [[s, *row] for s, row in zip(by_source.index, by_source.to_numpy())]
+        ["source", *by_source.columns],
+        [[s, *row] for s, row in zip(by_source.index, by_source.to_numpy(), strict=True)],
     )
     return lines
 

@@ -169,7 +169,7 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, widths: tuple[int, ...] = SMALL_CNN_WIDTHS, dropout: float = 0.2):
         super().__init__()
         stages = []
-        for index, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        for index, (cin, cout) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
             pool = [nn.MaxPool2d(2)] if index < len(widths) - 2 else []
             stages.append(
                 nn.Sequential(*_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout), SqueezeExcite(cout), *pool)
@@ -335,7 +335,7 @@ def _vgg16(num_classes: int, pretrained: bool) -> Classifier:
     _replace_last_linear(net.classifier, num_classes)
     layers = list(net.features)
     pools = [index for index, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
-    blocks = [nn.Sequential(*layers[start + 1 : end + 1]) for start, end in zip([-1, *pools[:-1]], pools)]
+    blocks = [nn.Sequential(*layers[start + 1 : end + 1]) for start, end in zip([-1, *pools[:-1]], pools, strict=False)]
     # features[-2] is the last ReLU, before the final max-pool halves the map (14×14 at 224 px).
     return Classifier(
         InputAdapter(3, *IMAGENET_MEAN_STD), net, cam_layer=net.features[-2], blocks=blocks, head=net.classifier

@@ -104,7 +104,7 @@ class OODCheck:
             raise ValueError(f"the check has {len(self.layers)} feature blocks, got {len(features)}")
         standardised = [
             (layer.distance(f) - loc) / scale
-            for layer, f, loc, scale in zip(self.layers, features, self.loc, self.scale)
+            for layer, f, loc, scale in zip(self.layers, features, self.loc, self.scale, strict=True)
         ]
         return np.mean(standardised, axis=0)
 
@@ -130,6 +130,8 @@ class OODCheck:
     @classmethod
     def load(cls, path: Path) -> "OODCheck":
         with np.load(path, allow_pickle=False) as data:
+            if data["scale"].shape != data["loc"].shape:
+                raise ValueError(f"{data['scale'].size} scales for {data['loc'].size} feature blocks")
             layers = tuple(LayerGaussian(data[f"means_{k}"], data[f"precision_{k}"]) for k in range(len(data["loc"])))
             return cls(
                 layers=layers,
@@ -174,7 +176,7 @@ def fit_ood(
     by its val mean and spread; threshold at ``quantile`` of the val scores."""
     labels = np.asarray(train_labels)
     layers = tuple(LayerGaussian.fit(f, labels) for f in train_features)
-    val_distances = [layer.distance(f) for layer, f in zip(layers, val_features)]
+    val_distances = [layer.distance(f) for layer, f in zip(layers, val_features, strict=True)]
     loc = np.array([d.mean() for d in val_distances])
     spread = np.array([d.std() for d in val_distances])
     scale = np.where(spread > 0, spread, 1.0)  # a block that puts every val image at one distance adds nothing

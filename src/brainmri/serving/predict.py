@@ -217,7 +217,7 @@ def _write_overlays(
     cams, _ = gradcam_images(
         model, [images[k] for k in accepted], image_size, targets=[int(proba[k].argmax()) for k in accepted]
     )
-    for k, cam in zip(accepted, cams):
+    for k, cam in zip(accepted, cams, strict=True):
         path = gradcam_dir / _overlay_name(first_index + k, rows[k]["file"])
         save_overlay(path, images[k], cam)
         rows[k]["gradcam"] = str(path)

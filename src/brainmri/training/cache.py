@@ -62,7 +62,7 @@ def cache_key(table: pd.DataFrame, image_size: int, spec: InputConfig = NO_INPUT
         hashes = [str(value) for value in table["sha256"]]
     else:
         hashes = [file_digest(path) for path in paths]
-    key = {"image_size": int(image_size), "rows": list(zip(paths, hashes))}
+    key = {"image_size": int(image_size), "rows": list(zip(paths, hashes, strict=True))}
     if spec != NO_INPUT:
         key["input"] = spec.model_dump(mode="json")
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()

@@ -192,7 +192,7 @@ def end_epoch_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, val_loss: f
     """Give the schedule the epoch's val loss; a plateau reduction applies from the next step on."""
     factor: LRFactor = scheduler.lr_lambdas[0]  # one object serves every group
     if factor.observe(val_loss):
-        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base * factor(scheduler.last_epoch)
 
 
