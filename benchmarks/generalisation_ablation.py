@@ -55,7 +55,7 @@ only (``tcga_half_*``), which every configuration also reports, so the rows comp
 
 HEALED = "figshare_contralateral"
 """The extra-training switch: add, as ``no_tumor`` of a source ``figshare_healed``, every train figshare slice
-whose tumour box ``benchmarks/contralateral.heal`` could replace by the other hemisphere's tissue."""
+whose tumour box ``brainmri.synthetic.contralateral.heal`` could replace by the other hemisphere's tissue."""
 HEALED_SHAM = "figshare_contralateral_sham"
 """As ``HEALED``, plus a ``sham`` copy of the same slices (tumour kept, a clear region pasted the same way) with
 its own label, source ``figshare_sham``: the seam then occurs in both classes."""
@@ -149,7 +149,7 @@ def contralateral_rows(table: pd.DataFrame, folder: Path, seed: int, with_sham: 
     import zlib
 
     from brainmri.core.imaging import read_grey_png
-    from contralateral import heal, sham
+    from brainmri.synthetic.contralateral import heal, sham
 
     folder.mkdir(parents=True, exist_ok=True)
     train = table[(table["split"] == "train") & (table["source"] == "figshare_jpg") & (table["box"] != "")]
@@ -209,7 +209,7 @@ def counterfactual(model_path: Path, table: pd.DataFrame) -> dict:
     nothing here is fitted on it.
     """
     from brainmri.core.imaging import read_grey_png
-    from contralateral import heal
+    from brainmri.synthetic.contralateral import heal
 
     no_tumour = CLASSES.index("no_tumor")
     unseen = table[table["split"].isin(["val", "test"]) & (table["box"] != "") & (table["label"] != "no_tumor")]

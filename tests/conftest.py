@@ -95,3 +95,32 @@ def untrained_checkpoint(
         preprocess=preprocess or InputConfig(),
     )
     return path
+
+
+SYMMETRIC_SIDE = 256
+SYMMETRIC_AXIS = 128.0
+"""The side of ``symmetric_head`` and its midline (between columns 127 and 128)."""
+
+
+def symmetric_head(size: int = SYMMETRIC_SIDE, radii: tuple[float, float] = (100, 80)) -> np.ndarray:
+    """A left-right symmetric 'axial slice': skull ring, grey tissue, two ventricles and smooth texture."""
+    rows, columns = np.mgrid[0:size, 0:size].astype(np.float64)
+    dy, dx = (rows - size / 2 + 0.5) / radii[0], (columns - SYMMETRIC_AXIS + 0.5) / radii[1]
+    radius = np.hypot(dy, dx)
+    image = np.where(radius < 1.0, 110.0, 0.0)
+    image[(radius > 0.9) & (radius < 1.0)] = 220
+    for side in (-1, 1):
+        ventricle = np.hypot((rows - size / 2 + 10) / 25, (columns - SYMMETRIC_AXIS + 0.5 - side * 18) / 8) < 1
+        image[ventricle] = 40
+    texture = 15 * np.cos(rows / 7.0) * np.cos((columns - SYMMETRIC_AXIS + 0.5) / 9.0)  # even in x about the midline
+    image = np.where(radius < 0.9, image + texture, image)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def with_tumour(image: np.ndarray, centre: tuple[int, int], radius: int = 14) -> tuple[np.ndarray, tuple]:
+    """The image with a bright disc at ``centre`` (row, column) and its YOLO box ``(cx, cy, w, h)``."""
+    rows, columns = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
+    out = image.copy()
+    out[np.hypot(rows - centre[0], columns - centre[1]) <= radius] = 250
+    side = 2 * radius / image.shape[1]
+    return out, (centre[1] / image.shape[1], centre[0] / image.shape[0], side, side)

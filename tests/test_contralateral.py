@@ -1,36 +1,11 @@
-"""Tumour-free slices from tumour slices by contralateral mirroring (benchmarks/contralateral.py)."""
+"""Tumour-free slices from tumour slices by contralateral mirroring (brainmri.synthetic.contralateral)."""
 
 import numpy as np
 import pytest
 
-from contralateral import heal, mirror, sham
-
-SIZE = 256
-AXIS = 128.0  # the synthetic head's midline column (between columns 127 and 128)
-
-
-def symmetric_head(size: int = SIZE, radii: tuple[float, float] = (100, 80)) -> np.ndarray:
-    """A left-right symmetric 'axial slice': skull ring, grey tissue, two ventricles and smooth texture."""
-    rows, columns = np.mgrid[0:size, 0:size].astype(np.float64)
-    dy, dx = (rows - size / 2 + 0.5) / radii[0], (columns - AXIS + 0.5) / radii[1]
-    radius = np.hypot(dy, dx)
-    image = np.where(radius < 1.0, 110.0, 0.0)
-    image[(radius > 0.9) & (radius < 1.0)] = 220
-    for side in (-1, 1):
-        ventricle = np.hypot((rows - size / 2 + 10) / 25, (columns - AXIS + 0.5 - side * 18) / 8) < 1
-        image[ventricle] = 40
-    texture = 15 * np.cos(rows / 7.0) * np.cos((columns - AXIS + 0.5) / 9.0)  # even in x about the midline
-    image = np.where(radius < 0.9, image + texture, image)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def with_tumour(image: np.ndarray, centre: tuple[int, int], radius: int = 14) -> tuple[np.ndarray, tuple]:
-    """The image with a bright disc at ``centre`` (row, column) and its YOLO box ``(cx, cy, w, h)``."""
-    rows, columns = np.mgrid[0 : image.shape[0], 0 : image.shape[1]]
-    out = image.copy()
-    out[np.hypot(rows - centre[0], columns - centre[1]) <= radius] = 250
-    side = 2 * radius / image.shape[1]
-    return out, (centre[1] / image.shape[1], centre[0] / image.shape[0], side, side)
+from brainmri.synthetic.contralateral import box_of_mask, heal, mirror, sham
+from conftest import SYMMETRIC_SIDE as SIZE
+from conftest import symmetric_head, with_tumour
 
 
 def test_mirror_reflects_about_the_given_column():
@@ -105,3 +80,10 @@ def test_heal_works_on_either_side(centre):
     assert result.reason == "healed"
     disc = sick != healthy
     assert np.abs(result.image[disc].astype(int) - healthy[disc].astype(int)).max() <= 2
+
+
+def test_box_of_mask_is_the_normalised_box_around_the_mask():
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:6, 4:8] = True  # rows 2-5, columns 4-7
+    assert box_of_mask(mask) == pytest.approx((6 / 20, 4 / 10, 4 / 20, 4 / 10))
+    assert box_of_mask(np.zeros((4, 4), dtype=bool)) is None

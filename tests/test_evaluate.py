@@ -113,6 +113,17 @@ def test_evaluate_writes_metrics_with_localisation_where_a_region_is_known(evalu
         assert set(summary) == set(located) and summary["all"]["pointing_game_15px"] >= summary["all"]["pointing_game"]
 
 
+def test_evaluate_runs_the_tumour_removal_test_on_every_test_tumour_slice(evaluated):
+    root, table, _, _ = evaluated
+    removal = json.loads((root / "metrics" / "metrics.json").read_text())["tumour_removal"]
+    test_tumours = int(((table["split"] == "test") & (table["label"] != "no_tumor")).sum())
+    assert removal["tumour_slices"] == test_tumours == 9
+    assert removal["healed"] + sum(removal["not_healed"].values()) == test_tumours
+    assert "no tumour region known" not in removal["not_healed"]  # every tumour row has a mask or a box
+    card = (root / "evaluate" / "MODEL_CARD.md").read_text()
+    assert "## Tumour-removal test" in card
+
+
 def test_evaluate_fits_and_saves_the_ood_check_for_its_checkpoint(evaluated):
     root, _, checkpoint, _ = evaluated
     ood = json.loads((root / "metrics" / "metrics.json").read_text())["ood"]

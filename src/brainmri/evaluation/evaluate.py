@@ -56,6 +56,7 @@ from .metrics import (
     reliability_table,
     tumour_detection,
 )
+from .tumour_removal import tumour_removal
 
 PLOT_SPLIT = "test"
 
@@ -348,6 +349,7 @@ def evaluate_model(
         "localisation": located[DEFAULT_SALIENCY],
         "localisation_methods": located,
         "ood": ood,
+        "tumour_removal": tumour_removal(model, meta, rows["test"]),
     }
     (metrics_dir / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
     pd.concat(predictions, ignore_index=True).to_csv(cfg.out_dir / "predictions.csv", index=False)

@@ -231,6 +231,20 @@ def _localisation(methods: dict) -> list[str]:
     return lines + _table(["method", "class", "n", "pointing game", "within 15 px", "mass in tumour", "chance"], rows)
 
 
+def _tumour_removal(removal: dict) -> list[str]:
+    lines = ["## Tumour-removal test", ""]
+    if removal["healed"] == 0:
+        return lines + [f"No test tumour slice could be healed ({removal['tumour_slices']} tumour slices).", ""]
+    return lines + [
+        f"{removal['healed']} of the {removal['tumour_slices']} test tumour slices had their tumour box replaced by "
+        "the mirrored other hemisphere (`brainmri.synthetic.contralateral`). The model calls "
+        f"{_pct(removal['no_tumour_before'])} of them tumour-free as they are and "
+        f"{_pct(removal['no_tumour_after'])} once the tumour is gone. A model that reads the tumour moves the second "
+        "figure towards 100%; one that reads the look of the source leaves it near the first.",
+        "",
+    ]
+
+
 def _ood(ood: dict) -> list[str]:
     test, non_mri = ood["test"], ood["non_mri"]
     lines = [
@@ -322,6 +336,8 @@ def build_model_card(
     lines += _localisation(metrics.get("localisation_methods", {}))
     if "ood" in metrics:
         lines += _ood(metrics["ood"])
+    if "tumour_removal" in metrics:
+        lines += _tumour_removal(metrics["tumour_removal"])
     lines += _limitations(table)
     if figures:
         labels = dict(FIGURES)

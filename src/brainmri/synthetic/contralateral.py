@@ -10,9 +10,11 @@ gives a T1-CE slice of the same scan without the tumour: a tumour-free example o
 stop reading as "tumour".
 
 ``heal`` does that, or says why it cannot (no head, a tumour across the midline, a slice that is not
-left-right symmetric: sagittal planes, tilted heads). ``sham`` pastes a region of the same size away from
-the tumour the same way, so a tumour slice carries the same kind of seam; with both in training, a seam
-tells nothing about the class.
+left-right symmetric: sagittal planes, tilted heads). The evaluate stage uses it as a *tumour-removal test*:
+a model that reads the tumour calls a healed slice tumour-free; one that reads the look of the source keeps
+calling it a tumour. ``sham`` pastes a region of the same size away from the tumour the same way, so a tumour
+slice carries the same kind of seam (the generalisation ablation trains on both, so a seam tells nothing
+about the class).
 """
 
 from __future__ import annotations
@@ -63,6 +65,17 @@ class Result:
     image: np.ndarray | None
     reason: str
     symmetry: float = float("nan")
+
+
+def box_of_mask(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The YOLO box ``(cx, cy, w, h)``, normalised to the mask's shape, around a boolean mask's pixels; None if
+    it has none."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    height, width = mask.shape
+    top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+    return ((left + right) / 2 / width, (top + bottom) / 2 / height, (right - left) / width, (bottom - top) / height)
 
 
 def _box_pixels(box: tuple[float, float, float, float], shape: tuple[int, int]) -> tuple[int, int, int, int]:
