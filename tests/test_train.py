@@ -284,3 +284,15 @@ def test_blur_and_noise_augmentation_are_seeded_and_off_by_default():
         assert a.shape == batch.shape and 0 <= a.min() and a.max() <= 1
     blurred = BatchAugment(plain.model_copy(update={"blur_sigma": 1.5}), 16)(batch, seed=1)
     assert blurred.std() < batch.std()  # smoothing lowers the variance of white noise
+
+
+def test_validation_logits_build_no_autograd_graph():
+    """Validation keeps no graph: with one, every batch's activations stayed alive until the end of the pass
+    (20 GB for EfficientNet-Lite0 at 192 px on 1,022 val images, killed by the kernel's OOM killer)."""
+    from brainmri.training.device import Runtime
+
+    model = build_model("small_cnn", 4, pretrained=False)
+    images = np.random.default_rng(0).integers(0, 256, (5, 1, 32, 32), dtype=np.uint8)
+    logits = train.predict_logits(model, images, Runtime(torch.device("cpu")), batch_size=2)
+    assert logits.shape == (5, 4)
+    assert not logits.requires_grad and logits.grad_fn is None

@@ -203,7 +203,6 @@ def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-@torch.inference_mode()
 def _sampling_weights(train_rows: pd.DataFrame, cfg: TrainConfig) -> np.ndarray | None:
     """Per-image draw probabilities of ``train.sampling`` (None: a plain shuffle)."""
     if cfg.sampling == "shuffle":
@@ -213,6 +212,7 @@ def _sampling_weights(train_rows: pd.DataFrame, cfg: TrainConfig) -> np.ndarray 
     return source_balanced_weights(train_rows["label"], train_rows["source"])
 
 
+@torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray, rt: Runtime, batch_size: int = 128) -> torch.Tensor:
     """Float32 CPU logits ``[N, classes]`` for uint8 ``[N, 1, S, S]`` images (e.g. from ``cached_images``).
 
