@@ -79,6 +79,7 @@ CONFIGS: dict[str, dict] = {
     "tcga_half_balanced": {"extra": TCGA_TRAIN, "sampling": "source_balanced"},
     "healed": {"extra": HEALED},
     "healed_sham": {"extra": HEALED_SHAM},
+    "small_cnn_192": {"image_size": 192},
     "lite0_192": {
         "model": "efficientnet_lite0",
         "image_size": 192,
