@@ -39,8 +39,9 @@ is not taken for left-right symmetric."""
 
 MIN_OUTLINE = 0.9
 """Intersection over union of the head's outline with its mirror image below which a slice is not taken for
-left-right symmetric: on figshare's slices, sagittal ones (face, neck) measured 0.49-0.86, axial and coronal
-ones 0.88-0.99 (48 train slices looked at by eye)."""
+left-right symmetric. The outline separates the planes better than the tissue does: a sagittal slice's face
+and neck make its outline lopsided, while its tissue can correlate with its mirror as well as a tilted axial
+slice's (set by looking at figshare train slices sorted by it)."""
 
 SMOOTHING = 1.5
 """Gaussian sigma (reduced pixels) applied before correlating: noise and fine sulci differ between the sides
@@ -51,6 +52,7 @@ BOX_MARGIN = 0.25
 drawn tight around the enhancing mass, and oedema reaches past it."""
 
 BOX_PAD = 4
+
 FEATHER = 0.15
 """The paste fades in over this fraction of the pasted box's shorter side, so its edge is not a hard line."""
 
