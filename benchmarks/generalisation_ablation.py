@@ -53,11 +53,11 @@ TCGA_TRAIN = "tcga_train_half"
 positions) to train, as ``glioma`` / ``no_tumor`` of a source ``tcga``; TCGA is then scored on the other half
 only (``tcga_half_*``), which every configuration also reports, so the rows compare."""
 
-HEALED = "figshare_contralateral"
+HEALED_TRAIN = "figshare_contralateral"
 """The extra-training switch: add, as ``no_tumor`` of a source ``figshare_healed``, every train figshare slice
 whose tumour box ``brainmri.synthetic.contralateral.heal`` could replace by the other hemisphere's tissue."""
-HEALED_SHAM = "figshare_contralateral_sham"
-"""As ``HEALED``, plus a ``sham`` copy of the same slices (tumour kept, a clear region pasted the same way) with
+HEALED_SHAM_TRAIN = "figshare_contralateral_sham"
+"""As ``HEALED_TRAIN``, plus a ``sham`` copy of the same slices (tumour kept, a clear region pasted the same way) with
 its own label, source ``figshare_sham``: the seam then occurs in both classes."""
 
 HEAD_INPUT = {"input.crop": "head", "input.intensity": "percentile"}
@@ -77,8 +77,8 @@ CONFIGS: dict[str, dict] = {
         "cpu_bf16": True,
     },
     "tcga_half_balanced": {"extra": TCGA_TRAIN, "sampling": "source_balanced"},
-    "healed": {"extra": HEALED},
-    "healed_sham": {"extra": HEALED_SHAM},
+    "healed": {"extra": HEALED_TRAIN},
+    "healed_sham": {"extra": HEALED_SHAM_TRAIN},
     "small_cnn_192": {"image_size": 192},
     "lite0_192": {
         "model": "efficientnet_lite0",
@@ -326,8 +326,8 @@ def main() -> None:
             if external is None:
                 raise SystemExit(f"{name} trains on half of TCGA: {args.external} is missing")
             training = pd.concat([table, external.training_rows(args.root / "build/generalisation/tcga_train_half")])
-        elif extra in (HEALED, HEALED_SHAM):
-            made = contralateral_rows(table, work / "contralateral", cfg.seed, with_sham=extra == HEALED_SHAM)
+        elif extra in (HEALED_TRAIN, HEALED_SHAM_TRAIN):
+            made = contralateral_rows(table, work / "contralateral", cfg.seed, with_sham=extra == HEALED_SHAM_TRAIN)
             training = pd.concat([table, made])
         started = time.perf_counter()
         if not args.score_only:

@@ -21,9 +21,9 @@ def test_tumour_box_reads_a_box_or_the_box_around_a_mask(tmp_path):
     mask = np.zeros((20, 40), dtype=np.uint8)
     mask[5:15, 10:30] = 255
     mask_path = str(write_grey_png(tmp_path / "mask.png", mask))
-    assert tumour_box("x.png", "", "0.5 0.25 0.1 0.2") == (0.5, 0.25, 0.1, 0.2)
-    assert tumour_box("x.png", mask_path, "") == pytest.approx((0.5, 0.5, 0.5, 0.5))
-    assert tumour_box("x.png", "", "") is None
+    assert tumour_box("", "0.5 0.25 0.1 0.2") == (0.5, 0.25, 0.1, 0.2)
+    assert tumour_box(mask_path, "") == pytest.approx((0.5, 0.5, 0.5, 0.5))
+    assert tumour_box("", "") is None
 
 
 def test_tumour_removal_counts_every_tumour_slice_and_scores_before_and_after(tmp_path):
@@ -54,7 +54,7 @@ def test_tumour_removal_counts_every_tumour_slice_and_scores_before_and_after(tm
     assert result["not_healed"] == {"no tumour region known": 1, "tumour box crosses the midline": 1}
     # the rates are the model's own calls on the two slices, as they are and healed
     originals = [read_grey_png(rows[k]["path"]) for k in (0, 1)]
-    healed = [heal(originals[0], left_box).image, heal(originals[1], tumour_box("", rows[1]["mask_path"], "")).image]
+    healed = [heal(originals[0], left_box).image, heal(originals[1], tumour_box(rows[1]["mask_path"], "")).image]
     no_tumour = CLASSES.index("no_tumor")
     for key, images in (("no_tumour_before", originals), ("no_tumour_after", healed)):
         logits, _ = logits_and_features(model, [prepare_grey(i, 32) for i in images], 32)
@@ -63,13 +63,16 @@ def test_tumour_removal_counts_every_tumour_slice_and_scores_before_and_after(tm
 
 def test_tumour_removal_without_a_healable_slice_reports_none(tmp_path):
     path = str(write_grey_png(tmp_path / "blank.png", np.zeros((64, 64), dtype=np.uint8)))
-    table = pd.DataFrame([{"path": path, "label": "glioma", "box": "0.5 0.5 0.2 0.2"}])  # no mask_path column
+    # no mask_path column, and an empty box read as NaN
+    table = pd.DataFrame(
+        [{"path": path, "label": "glioma", "box": "0.5 0.5 0.2 0.2"}, {"path": path, "label": "glioma", "box": np.nan}]
+    )
     model, meta = load_checkpoint(untrained_checkpoint(tmp_path / "model.pt"))
     result = tumour_removal(model, meta, table)
     assert result == {
-        "tumour_slices": 1,
+        "tumour_slices": 2,
         "healed": 0,
-        "not_healed": {"no head found": 1},
+        "not_healed": {"no head found": 1, "no tumour region known": 1},
         "no_tumour_before": None,
         "no_tumour_after": None,
     }

@@ -19,12 +19,10 @@ from ..core.imaging import read_grey_png
 from ..core.preprocess import prepare_grey
 from ..model.checkpoint import CheckpointMeta
 from ..model.inference import logits_and_features
-from ..synthetic.contralateral import box_of_mask, heal
-
-HEALED = "healed"
+from ..synthetic.contralateral import HEALED, box_of_mask, heal
 
 
-def tumour_box(path: str, mask_path: str, box: str) -> tuple[float, float, float, float] | None:
+def tumour_box(mask_path: str, box: str) -> tuple[float, float, float, float] | None:
     """A row's tumour region as a YOLO box ``(cx, cy, w, h)``: its ``box``, else the box around its mask."""
     if box:
         cx, cy, w, h = (float(value) for value in box.split())
@@ -33,6 +31,11 @@ def tumour_box(path: str, mask_path: str, box: str) -> tuple[float, float, float
         with Image.open(mask_path) as mask:
             return box_of_mask(np.asarray(mask.convert("L")) > 127)
     return None
+
+
+def _text(value) -> str:
+    """A table cell as text; an empty cell (``""``, or NaN where the table was read with NA parsing) is ``""``."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
 def tumour_removal(model, meta: CheckpointMeta, rows: pd.DataFrame) -> dict:
@@ -44,7 +47,7 @@ def tumour_removal(model, meta: CheckpointMeta, rows: pd.DataFrame) -> dict:
     column = {name: tumours[name] if name in tumours else blank for name in ("mask_path", "box")}
     originals, healed, outcome = [], [], Counter()
     for path, mask_path, box in zip(tumours["path"], column["mask_path"], column["box"], strict=True):
-        region = tumour_box(path, str(mask_path or ""), str(box or ""))
+        region = tumour_box(_text(mask_path), _text(box))
         if region is None:
             outcome["no tumour region known"] += 1
             continue

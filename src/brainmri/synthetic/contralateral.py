@@ -60,6 +60,10 @@ MIN_HEAD_COVER = 0.8
 """Fraction of the mirror box that must lie inside the head: mirroring from outside the head pastes air."""
 
 
+HEALED = "healed"
+"""The reason of a Result that holds a healed image."""
+
+
 @dataclass(frozen=True)
 class Result:
     """A pasted image, or None and the reason none was made; ``symmetry`` is the mirror correlation."""
@@ -188,7 +192,7 @@ def heal(pixels: np.ndarray, box: tuple[float, float, float, float]) -> Result:
     source = mirror(mirrored_region, axis2)
     if source.sum() == 0 or (source & head).sum() < MIN_HEAD_COVER * source.sum():
         return Result(None, "the mirror of the tumour box falls outside the head", symmetry)
-    return Result(_paste(pixels, mirror(pixels, axis2), region), "healed", symmetry)
+    return Result(_paste(pixels, mirror(pixels, axis2), region), HEALED, symmetry)
 
 
 def sham(pixels: np.ndarray, box: tuple[float, float, float, float], rng: np.random.Generator) -> Result:
