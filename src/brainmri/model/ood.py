@@ -130,8 +130,9 @@ class OODCheck:
     @classmethod
     def load(cls, path: Path) -> "OODCheck":
         with np.load(path, allow_pickle=False) as data:
-            if data["scale"].shape != data["loc"].shape:
-                raise ValueError(f"{data['scale'].size} scales for {data['loc'].size} feature blocks")
+            loc = data["loc"]  # first: a file with pickled objects is refused here, before anything is missing
+            if data["scale"].shape != loc.shape:
+                raise ValueError(f"{data['scale'].size} scales for {loc.size} feature blocks")
             layers = tuple(LayerGaussian(data[f"means_{k}"], data[f"precision_{k}"]) for k in range(len(data["loc"])))
             return cls(
                 layers=layers,
