@@ -1,5 +1,5 @@
-"""DVC stage `external@<index>` (see dvc.yaml, one per evaluate.external set): a thin call of
-`brainmri external <name>`."""
+"""DVC stage `external@<index>` (see dvc.yaml, one per evaluate.external set): hands `pipeline.run_external` and
+the set's name to `pipeline.stage_main`; the logic lives in src/brainmri."""
 
 import sys
 
@@ -7,7 +7,8 @@ from brainmri.core.portable import pin_cpu_kernels
 
 pin_cpu_kernels()  # before torch loads: the same kernels, so the same predictions, on every x86-64 CPU
 
-from brainmri.cli import app  # noqa: E402
+from brainmri.evaluation.external import summary_table  # noqa: E402
+from brainmri.pipeline import run_external, stage_main  # noqa: E402
 
 if __name__ == "__main__":
-    app(["external", *sys.argv[1:]], prog_name="brainmri")
+    stage_main("external", run_external, *sys.argv[1:], show=summary_table)

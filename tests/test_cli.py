@@ -60,3 +60,46 @@ def test_source_without_url_says_where_to_download_by_hand(tmp_path, params, mon
     assert result.exit_code == 1
     assert "brainTumorDataPublic_1-766.zip not found" in result.output
     assert "figshare.com/articles/dataset/brain_tumor_dataset/1512427/5" in result.output
+
+
+def test_a_dvc_stage_shows_bad_params_as_one_line_as_the_cli_does(tmp_path, params):
+    """`python stages/<name>.py` runs the pipeline function without the CLI, with the same one-line errors."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    params["split"]["test"] = 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stage = Path(__file__).resolve().parents[1] / "stages" / "split.py"
+    result = subprocess.run(
+        [sys.executable, str(stage)], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: params.yaml: split: split ratios train+val+test must sum to 1")
+
+
+def test_stage_main_prints_the_headline_and_lets_a_bug_keep_its_traceback(tmp_path, params, monkeypatch, capsys):
+    import pytest
+
+    from brainmri.pipeline import stage_main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    report = {"images_in": 5, "images_kept": 4, "duplicate_clusters": 1, "pairs": [1, 2, 3]}
+    stage_main("dedup", lambda cfg: report)
+    assert capsys.readouterr().out == 'dedup: {"images_in": 5, "images_kept": 4, "duplicate_clusters": 1}\n'
+
+    def bad_archive(cfg):
+        raise OSError("build/raw/x.zip: truncated")
+
+    with pytest.raises(SystemExit) as stopped:
+        stage_main("merge", bad_archive)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == "error: OSError: build/raw/x.zip: truncated\n"
+
+    def bug(cfg):
+        raise KeyError("a bug, not bad input")
+
+    with pytest.raises(KeyError):
+        stage_main("merge", bug)

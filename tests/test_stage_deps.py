@@ -2,8 +2,8 @@
 
 A stage reruns only when a dep changes, so a file that a stage imports but ``dvc.yaml`` does not list can change
 the stage's output without DVC noticing (and a listed file it no longer imports reruns it for nothing). The
-import closure is computed statically, from what runs: ``stages/<name>.py``, the module-level code of the CLI and
-its command ``<name>``, then for each ``from module import name`` the module's top-level code and the body of
+import closure is computed statically, from what runs: ``stages/<name>.py`` (which hands ``pipeline.run_<name>``
+to ``pipeline.stage_main``), then for each ``from module import name`` the module's top-level code and the body of
 ``name`` (a class: all of it; a function: with the module's functions it calls, function-level imports
 included), for ``import module`` and submodules the whole module, and the ``__init__.py`` of every package on
 the way.
@@ -93,11 +93,10 @@ def reached_nodes(tree: ast.Module, names: set[str]) -> list[ast.AST]:
     return nodes
 
 
-def import_closure(stage_script: Path, command: str) -> set[Path]:
-    """Every file under src/ that running ``stage_script`` (which runs CLI ``command``) imports."""
+def import_closure(stage_script: Path) -> set[Path]:
+    """Every file under src/ that running ``stage_script`` imports."""
     entries: dict[str, set[str]] = {}
-    todo = [("brainmri.cli", command.replace("-", "_"))]
-    todo += imports([ast.parse(stage_script.read_text())], stage_script)
+    todo = [*imports([ast.parse(stage_script.read_text())], stage_script)]
     while todo:
         module, name = todo.pop()
         parts = module.split(".")
@@ -126,9 +125,9 @@ def test_every_file_a_stage_imports_is_a_dependency(name):
     stage = stages()[name]
     script = ROOT / stage["cmd"].split()[1]
     command = script.stem
-    assert f'app(["{command}"' in script.read_text(), f"{script} should run `brainmri {command}`"
+    assert f'stage_main("{command}", run_{command}' in script.read_text(), f"{script} should run pipeline.run_{command}"
     deps = [str(dep) for dep in stage["deps"]]
-    closure = import_closure(script, command)
+    closure = import_closure(script)
     missing = sorted(str(path.relative_to(ROOT)) for path in closure if not covered(path, deps))
     assert not missing, (
         f"dvc.yaml stage {name} imports these files but does not depend on them: {missing} "
@@ -141,15 +140,16 @@ def test_every_file_a_stage_imports_is_a_dependency(name):
 
 def test_the_closure_follows_the_stage_not_every_command():
     """The train stage imports the training code but not the dataset stages', predict's or the ops' modules."""
-    closure = {str(p.relative_to(SRC)) for p in import_closure(ROOT / "stages" / "train.py", "train")}
+    closure = {str(p.relative_to(SRC)) for p in import_closure(ROOT / "stages" / "train.py")}
     assert {"brainmri/training/train.py", "brainmri/config.py", "brainmri/model/architectures.py"} <= closure
     assert "brainmri/training/__init__.py" in closure and "brainmri/__init__.py" in closure
     assert not {"brainmri/serving/predict.py", "brainmri/dataset/split.py", "brainmri/ops/reproducibility.py"} & closure
+    assert "brainmri/cli.py" not in closure, "a stage runs its pipeline function directly, not through the CLI"
 
 
 if __name__ == "__main__":  # print each stage's closure: the src/ deps dvc.yaml should list
     for stage_name, stage in stages().items():
         stage_script = ROOT / stage["cmd"].split()[1]
         print(f"{stage_name}:")
-        for file in sorted(import_closure(stage_script, stage_script.stem)):
+        for file in sorted(import_closure(stage_script)):
             print(f"  - {file.relative_to(ROOT)}")

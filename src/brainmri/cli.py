@@ -10,46 +10,42 @@ from __future__ import annotations
 
 import functools
 import json
-import pickle
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .config import ConfigError, load_config
-from .errors import UserError
+from .errors import one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated params file.")]
 
 
-EDGE_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
-"""What bad input raises from deeper down (a file that cannot be read or parsed): caught here, at the edge,
-shown as one line with its type, rather than by widening every call site."""
-
-
 def _reports_errors(command):
-    """Turn the errors a user can act on into one line on stderr and exit status 1."""
+    """Turn the errors a user can act on into one line on stderr and exit status 1 (``errors.one_line``)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
         except typer.Exit:  # a RuntimeError too, but the commands' own way out
             raise
-        except EDGE_ERRORS as error:
-            typer.echo(f"error: {type(error).__name__}: {' '.join(str(error).split())[:300]}", err=True)
+        except Exception as error:
+            line = one_line(error)
+            if line is None:
+                raise
+            typer.echo(line, err=True)
             raise typer.Exit(1) from None
 
     return wrapper
 
 
 def _summary(name: str, payload: dict) -> None:
-    typer.echo(f"{name}: " + json.dumps(payload, default=str)[:400])
+    from .pipeline import headline
+
+    typer.echo(headline(name, payload))
 
 
 @app.command()
@@ -87,8 +83,7 @@ def dedup(params: ParamsOption = Path("params.yaml")) -> None:
     """
     from .pipeline import run_dedup
 
-    report = run_dedup(load_config(params))
-    _summary("dedup", {k: report[k] for k in ("images_in", "images_kept", "duplicate_clusters")})
+    _summary("dedup", run_dedup(load_config(params)))
 
 
 @app.command()
@@ -101,8 +96,7 @@ def split(params: ParamsOption = Path("params.yaml")) -> None:
     """
     from .pipeline import run_split
 
-    report = run_split(load_config(params))
-    _summary("split", {"sizes": report["sizes"], "leakage": report["leakage"]["cross_split_duplicate_pairs"]})
+    _summary("split", run_split(load_config(params)))
 
 
 @app.command()
@@ -163,8 +157,6 @@ def external(
     runs this for one set.
     """
     from .evaluation.external import summary_table
-    from .model.ood import OODMismatch
-    from .model.temperature import TemperatureMismatch
     from .pipeline import run_external
 
     cfg = load_config(params)
@@ -180,12 +172,7 @@ def external(
     }
     overrides.update({k: None for k, off in (("ood", no_ood), ("temperature", no_temperature)) if off})
     for name in names:
-        try:
-            result = run_external(cfg, name, **overrides)
-        except (OODMismatch, TemperatureMismatch) as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
-        typer.echo(summary_table(result))
+        typer.echo(summary_table(run_external(cfg, name, **overrides)))
 
 
 DEFAULT_OOD = Path("build/evaluate/ood.npz")
@@ -236,17 +223,11 @@ def predict(
     probabilities; unreadable files are listed with a reason and skipped (exit 1 if none is readable).
     With --gradcam, writes one overlay PNG per predicted image there.
     """
-    from .model.ood import OODMismatch
-    from .model.temperature import TemperatureMismatch
     from .serving.predict import predict_paths
 
     ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
     temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")
-    try:
-        result = predict_paths(inputs, model, out, batch_size, ood=ood, temperature=temperature, gradcam_dir=gradcam)
-    except (OODMismatch, TemperatureMismatch) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    result = predict_paths(inputs, model, out, batch_size, ood=ood, temperature=temperature, gradcam_dir=gradcam)
     _summary("predict", result)
 
 
@@ -267,17 +248,12 @@ def export(
     (classes, image size, temperature, input contract) to --out-dir; exits 1 if either export's probabilities
     differ from PyTorch's.
     """
-    from .model.temperature import TemperatureMismatch
-    from .serving.export import ExportMismatch, export_checkpoint
+    from .serving.export import export_checkpoint
 
     temperature = _fitted_file(
         temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated"
     )
-    try:
-        _summary("export", export_checkpoint(model, out_dir, temperature=temperature))
-    except (ExportMismatch, TemperatureMismatch) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    _summary("export", export_checkpoint(model, out_dir, temperature=temperature))
 
 
 @app.command("check-repro")

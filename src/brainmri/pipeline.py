@@ -1,23 +1,52 @@
 """The DVC stages as functions: each reads its inputs, calls the library and writes its declared outputs.
 
-``dvc.yaml`` runs ``stages/<name>.py``, which runs the CLI command of the same
-name, which calls the function here. The paths written here are the ones
-``dvc.yaml`` declares; keep the two in step.
+``dvc.yaml`` runs ``stages/<name>.py``, which hands ``run_<name>`` to ``stage_main``; the CLI command of the
+same name calls the same function. The paths written here are the ones ``dvc.yaml`` declares; keep the two in
+step.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from .config import Config
+from .config import Config, load_config
 from .core.hashing import file_digest
 from .core.portable import is_pinned
+from .errors import one_line
 
 METRICS_DIR = Path("metrics")
 EXTERNAL_DIR = Path("build/external")
+PARAMS = Path("params.yaml")
+"""The params file DVC tracks: what every stage reads."""
+
+
+def headline(stage: str, result: dict) -> str:
+    """The one line a stage prints when it is done: its report, or the key figures of the long ones."""
+    if stage == "dedup":
+        result = {key: result[key] for key in ("images_in", "images_kept", "duplicate_clusters")}
+    elif stage == "split":
+        result = {"sizes": result["sizes"], "leakage": result["leakage"]["cross_split_duplicate_pairs"]}
+    return f"{stage}: " + json.dumps(result, default=str)[:400]
+
+
+def stage_main(stage: str, run: Callable[..., dict], *args: str, show: Callable[[dict], str] | None = None) -> None:
+    """Run one DVC stage, as ``stages/<stage>.py`` does: ``run(config, *args)`` on params.yaml, then its
+    headline (or ``show(result)``). An error a user can act on ends the stage with one line on stderr and exit
+    status 1, as in the CLI; anything else is a bug and keeps its traceback."""
+    try:
+        result = run(load_config(PARAMS), *args)
+    except Exception as error:
+        line = one_line(error)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        raise SystemExit(1) from None
+    print(show(result) if show else headline(stage, result))
 
 
 def _write_json(path: Path, payload: dict) -> None:

@@ -44,12 +44,13 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 
 from ..core.hashing import file_digest
+from ..errors import UserError
 
 NOT_MRI = "not a brain MRI"
 """What ``predict`` writes instead of a class for an image the check rejects."""
 
 
-class OODMismatch(ValueError):
+class OODMismatch(UserError, ValueError):
     """The out-of-distribution check was fitted for another checkpoint; its threshold would mean nothing."""
 
 

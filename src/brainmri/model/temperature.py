@@ -27,6 +27,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
+from ..errors import UserError
+
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
 """Search range of ``log T``: far wider than any temperature met in practice (about 0.3 to 3)."""
 
@@ -59,7 +61,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(math.exp(found.x))
 
 
-class TemperatureMismatch(ValueError):
+class TemperatureMismatch(UserError, ValueError):
     """A temperature file fitted for another checkpoint, or not a temperature file at all."""
 
 

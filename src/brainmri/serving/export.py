@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..core.hashing import file_digest
+from ..errors import UserError
 from ..model.checkpoint import CheckpointMeta, load_checkpoint
 from ..model.inference import ProbabilityModel
 from ..model.temperature import Temperature
@@ -47,7 +48,7 @@ TOLERANCE = 1e-4
 OPSET = 18
 
 
-class ExportMismatch(RuntimeError):
+class ExportMismatch(UserError, RuntimeError):
     """An exported model does not reproduce the PyTorch probabilities."""
 
 
