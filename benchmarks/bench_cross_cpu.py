@@ -42,6 +42,8 @@ VARIANTS: list[tuple[str, bool, dict[str, str], int, bool]] = [
     ("pinned, MKL told AVX2 only", True, {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}, 2, False),
     ("pinned, 1 thread", True, {}, 1, False),
     ("pinned, 2 threads on 1 core", True, {}, 2, True),
+    ("pinned, MKL AVX2 branch (the pin before 2026-12-03: Intel only)", True, {"MKL_CBWR": "AVX2,STRICT"}, 2, False),
+    ("pinned, MKL AUTO branch (what a non-Intel CPU ran when told AVX2)", True, {"MKL_CBWR": "AUTO,STRICT"}, 2, False),
 ]
 
 
@@ -61,10 +63,18 @@ def weights_sha256(state_dict: dict) -> str:
     return digest.hexdigest()
 
 
-def train_once(params: Path, threads: int, epochs: int | None, out: Path) -> dict:
-    """Train in this process (the parent set its environment); return the checkpoint hash and timings."""
+def train_once(params: Path, threads: int, epochs: int | None, out: Path, pinned: bool) -> dict:
+    """Train in this process (the parent set its environment); return the checkpoint hash and timings.
+
+    A pinned variant that changes a pinned variable (another MKL branch) still trains as pinned (oneDNN's
+    convolutions off): it differs from the pin in that variable only."""
     import pandas as pd
     import torch
+
+    from brainmri.core import portable
+
+    if pinned:
+        portable.PINNED_ENV.update({name: os.environ[name] for name in portable.PINNED_ENV})
 
     from brainmri.config import load_config
     from brainmri.model.checkpoint import read_checkpoint
@@ -94,9 +104,10 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run the variants whose name contains this")
     parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)  # threads, in a child process
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pinned", action="store_true", help=argparse.SUPPRESS)  # in a child process
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(train_once(args.params, args.child, args.epochs, args.out)))
+        print(json.dumps(train_once(args.params, args.child, args.epochs, args.out, args.pinned)))
         return
     print("| variant | threads | ATen | weights sha256 | val acc | train s | images/s |\n|---|---|---|---|---|---|---|")
     for name, pinned, extra, threads, one_core in VARIANTS:
@@ -105,6 +116,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [sys.executable, __file__, "--params", str(args.params), "--child", str(threads), "--out", tmp]
             cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+            cmd += ["--pinned"] if pinned else []
             core = {min(os.sched_getaffinity(0))}
             result = subprocess.run(
                 cmd,

@@ -129,3 +129,10 @@ def test_pinned_training_gives_the_same_weights_on_one_core_or_all(tmp_path):
     )
     assert everywhere["aten"] == "AVX2", "this CPU cannot run the pinned AVX2 kernels"
     assert everywhere["sha256"] == squeezed["sha256"]
+
+
+def test_the_mkl_branch_is_one_that_every_vendor_runs():
+    """MKL runs a named ISA branch (AVX2, AVX512) on Intel CPUs only and silently runs its AUTO branch on any
+    other CPU, so pinning one gave an AMD-made lock that Intel could not reproduce. COMPATIBLE is the one fixed
+    branch MKL runs on every vendor's CPU (MKL developer guide, "Specifying code branches")."""
+    assert PINNED_ENV["MKL_CBWR"].split(",")[0] == "COMPATIBLE"

@@ -12,8 +12,16 @@ the params (``train.num_threads``), not taken from the machine.
 these variables once, when they load), the environment that sends every
 x86-64 CPU with AVX2 and FMA (Intel since Haswell, 2013; AMD since Zen, 2017)
 down the same AVX2 path: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL
-in conditional-numerical-reproducibility mode for AVX2, and numpy's
-OpenBLAS on its Haswell kernels. The cost in speed is measured by
+in conditional-numerical-reproducibility mode on its COMPATIBLE branch, and
+numpy's OpenBLAS on its Haswell kernels.
+
+MKL's branch is COMPATIBLE (SSE2 without approximation instructions), not
+AVX2: MKL honours its ISA branches (AVX2, AVX512) on Intel CPUs only, and on
+any other CPU silently runs its AUTO branch instead, so ``MKL_CBWR=AVX2``
+gave an AMD machine's model on AMD and another on Intel (seen: the demo
+lock made on an AMD EPYC was not reproduced on an Intel Xeon). COMPATIBLE
+is the one fixed branch MKL runs on both. It has no STRICT mode, so the
+result depends on the thread count: the params fix it. The cost in speed is measured by
 ``benchmarks/bench_cross_cpu.py`` and stated in the README. A CPU without
 AVX2 falls back to slower generic kernels and gives other bytes; the
 fingerprint (``environment_fingerprint``) then shows it. GPUs are not
@@ -34,7 +42,7 @@ import sys
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "DNNL_MAX_CPU_ISA": "AVX2",
-    "MKL_CBWR": "AVX2,STRICT",
+    "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Haswell",
 }
 """The variables, and the values every machine gets (documented in the README)."""
