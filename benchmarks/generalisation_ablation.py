@@ -88,6 +88,7 @@ CONFIGS: dict[str, dict] = {
         "label_smoothing": 0.1,
         "cpu_bf16": True,
     },
+    "mixstyle": {"mixstyle": 0.5},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 

@@ -176,6 +176,32 @@ def test_cli_without_a_check_says_so_and_predicts(tmp_path, checkpoint, monkeypa
     assert len(pd.read_csv(tmp_path / "o.csv")) == 1 and len(list((tmp_path / "cams").glob("*.png"))) == 1
 
 
+def test_cli_finds_the_files_where_params_put_them(tmp_path, checkpoint, params, monkeypatch):
+    """predict's and export's defaults are the stages' folders in params.yaml, not fixed build/ paths."""
+    import shutil
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    params["train"]["out_dir"], params["evaluate"]["out_dir"] = "build/elsewhere/model", "build/elsewhere/eval"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    Path("build/elsewhere/model").mkdir(parents=True)
+    shutil.copy(checkpoint, "build/elsewhere/model/model.pt")
+    Image.fromarray(slice_like(0)).save("x.png")
+    result = CliRunner().invoke(app, ["predict", "x.png", "--out", "o.csv"])
+    assert result.exit_code == 0, result.output
+    assert "no build/elsewhere/eval/ood.npz" in result.output
+    assert "no build/elsewhere/eval/temperature.json" in result.output
+    assert len(pd.read_csv("o.csv")) == 1
+
+    Temperature(1.5, file_digest(checkpoint)).save(Path("build/elsewhere/eval/temperature.json"))
+    with_temperature = CliRunner().invoke(app, ["predict", "x.png", "--out", "t.csv", "--no-ood"])
+    assert with_temperature.exit_code == 0 and "not calibrated" not in with_temperature.output
+    assert not np.allclose(
+        pd.read_csv("o.csv")[[f"p_{c}" for c in CLASSES]], pd.read_csv("t.csv")[[f"p_{c}" for c in CLASSES]]
+    )
+
+
 def test_batches_do_not_change_results(tmp_path, checkpoint):
     folder = tmp_path / "many"
     folder.mkdir()

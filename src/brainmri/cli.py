@@ -175,10 +175,16 @@ def external(
         typer.echo(summary_table(run_external(cfg, name, **overrides)))
 
 
-DEFAULT_OOD = Path("build/evaluate/ood.npz")
-"""Where the evaluate stage (default params) writes the out-of-distribution check that ``predict`` uses."""
-DEFAULT_TEMPERATURE = Path("build/evaluate/temperature.json")
-"""Where the evaluate stage (default params) writes the temperature that ``predict`` and ``export`` apply."""
+def _pipeline_sections(params: Path):
+    """The train and evaluate sections of ``params``, which say where the pipeline put the checkpoint, the
+    out-of-distribution check and the temperature; their defaults where there is no params file (a model
+    copied elsewhere), so ``predict`` and ``export`` find them where the stages wrote them."""
+    from .config import EvaluateConfig, TrainConfig
+
+    if not params.exists():
+        return TrainConfig(), EvaluateConfig()
+    cfg = load_config(params)
+    return cfg.train, cfg.evaluate
 
 
 def _fitted_file(given: Path | None, disabled: bool, default: Path, without: str) -> Path | None:
@@ -198,22 +204,25 @@ def _fitted_file(given: Path | None, disabled: bool, default: Path, without: str
 @_reports_errors
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, folders or zip archives.")],
-    model: Annotated[Path, typer.Option(help="Checkpoint written by the train stage.")] = Path("build/model/model.pt"),
+    model: Annotated[
+        Path | None, typer.Option(help="Checkpoint (default: the train stage's, train.out_dir/model.pt).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output table (.csv or .json).")] = Path("predictions.csv"),
     ood: Annotated[
         Path | None,
-        typer.Option(
-            help=f"Out-of-distribution check written by the evaluate stage (default: {DEFAULT_OOD} when it exists)."
-        ),
+        typer.Option(help="Out-of-distribution check (default: the evaluate stage's ood.npz when it exists)."),
     ] = None,
     no_ood: Annotated[bool, typer.Option("--no-ood", help="Give every image a class, brain MRI or not.")] = False,
     temperature: Annotated[
         Path | None,
-        typer.Option(help=f"Temperature fitted by the evaluate stage (default: {DEFAULT_TEMPERATURE} when it exists)."),
+        typer.Option(help="Temperature (default: the evaluate stage's temperature.json when it exists)."),
     ] = None,
     no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Report the uncalibrated softmax.")] = False,
     gradcam: Annotated[Path | None, typer.Option(help="Folder for a Grad-CAM overlay PNG per image.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images decoded and predicted at a time.")] = 64,
+    params: Annotated[
+        Path, typer.Option("--params", "-p", help="Params file saying where the stages wrote their files.")
+    ] = Path("params.yaml"),
 ) -> None:
     """Predict tumour class probabilities for new images with a trained checkpoint.
 
@@ -225,8 +234,12 @@ def predict(
     """
     from .serving.predict import predict_paths
 
-    ood = _fitted_file(ood, no_ood, DEFAULT_OOD, "images are not checked for being brain MRI")
-    temperature = _fitted_file(temperature, no_temperature, DEFAULT_TEMPERATURE, "probabilities are not calibrated")
+    train, evaluate = _pipeline_sections(params)
+    model = model or train.checkpoint
+    ood = _fitted_file(ood, no_ood, evaluate.ood_file, "images are not checked for being brain MRI")
+    temperature = _fitted_file(
+        temperature, no_temperature, evaluate.temperature_file, "probabilities are not calibrated"
+    )
     result = predict_paths(inputs, model, out, batch_size, ood=ood, temperature=temperature, gradcam_dir=gradcam)
     _summary("predict", result)
 
@@ -234,13 +247,18 @@ def predict(
 @app.command()
 @_reports_errors
 def export(
-    model: Annotated[Path, typer.Option(help="Checkpoint written by the train stage.")] = Path("build/model/model.pt"),
+    model: Annotated[
+        Path | None, typer.Option(help="Checkpoint (default: the train stage's, train.out_dir/model.pt).")
+    ] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the exported files.")] = Path("build/export"),
     temperature: Annotated[
         Path | None,
-        typer.Option(help=f"Temperature fitted by the evaluate stage (default: {DEFAULT_TEMPERATURE} when it exists)."),
+        typer.Option(help="Temperature (default: the evaluate stage's temperature.json when it exists)."),
     ] = None,
     no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Export the uncalibrated softmax.")] = False,
+    params: Annotated[
+        Path, typer.Option("--params", "-p", help="Params file saying where the stages wrote their files.")
+    ] = Path("params.yaml"),
 ) -> None:
     """Export a checkpoint as TorchScript and ONNX, each returning calibrated softmax probabilities, and verify both.
 
@@ -250,10 +268,11 @@ def export(
     """
     from .serving.export import export_checkpoint
 
+    train, evaluate = _pipeline_sections(params)
     temperature = _fitted_file(
-        temperature, no_temperature, DEFAULT_TEMPERATURE, "the exported probabilities are not calibrated"
+        temperature, no_temperature, evaluate.temperature_file, "the exported probabilities are not calibrated"
     )
-    _summary("export", export_checkpoint(model, out_dir, temperature=temperature))
+    _summary("export", export_checkpoint(model or train.checkpoint, out_dir, temperature=temperature))
 
 
 @app.command("check-repro")

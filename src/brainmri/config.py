@@ -311,6 +311,10 @@ class InputConfig(_Strict):
     )
 
 
+CHECKPOINT_NAME = "model.pt"
+"""The best checkpoint's file name in the train stage's folder (``train.out_dir``)."""
+
+
 class TrainConfig(_Strict):
     out_dir: Path = Path("build/model")
     model: str = "small_cnn"
@@ -345,6 +349,13 @@ class TrainConfig(_Strict):
         "class is equally likely and, within a class, every source that has it "
         "(brainmri.training.cache.source_balanced_weights)",
     )
+    mixstyle: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="probability that a training batch's early feature statistics are mixed between its images "
+        "(MixStyle, brainmri.training.mixstyle); 0: off",
+    )
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_bf16: bool = Field(
@@ -363,6 +374,11 @@ class TrainConfig(_Strict):
     resume: bool = Field(False, description="continue from out_dir/last.pt when it exists")
     augment: AugmentConfig = AugmentConfig()
     input: InputConfig = InputConfig()
+
+    @property
+    def checkpoint(self) -> Path:
+        """The best checkpoint the train stage writes: what evaluate, external sets, predict and export read."""
+        return self.out_dir / CHECKPOINT_NAME
 
     @field_validator("model")
     @classmethod
@@ -435,6 +451,16 @@ class EvaluateConfig(_Strict):
     external: list[ExternalSetConfig] = Field(
         [], description="extra labelled sets evaluated under their own names, minus near-duplicates of train/val"
     )
+
+    @property
+    def ood_file(self) -> Path:
+        """The out-of-distribution check the evaluate stage fits: what external sets and predict apply."""
+        return self.out_dir / "ood.npz"
+
+    @property
+    def temperature_file(self) -> Path:
+        """The softmax temperature the evaluate stage fits: what external sets, predict and export apply."""
+        return self.out_dir / "temperature.json"
 
     @field_validator("external")
     @classmethod

@@ -148,7 +148,7 @@ def run_evaluate(cfg: Config) -> dict:
     table = pd.read_csv(cfg.split.out_dir / "split.csv", keep_default_na=False)
     return evaluate_model(
         table,
-        cfg.train.out_dir / "model.pt",
+        cfg.train.checkpoint,
         cfg.evaluate,
         seed=cfg.seed,
         metrics_dir=METRICS_DIR,
@@ -176,9 +176,9 @@ def run_external(cfg: Config, name: str, **paths: Path | None) -> dict:
 
     use_training_kernels(cfg)
     defaults = {
-        "checkpoint": cfg.train.out_dir / "model.pt",
-        "ood": cfg.evaluate.out_dir / "ood.npz",
-        "temperature": cfg.evaluate.out_dir / "temperature.json",
+        "checkpoint": cfg.train.checkpoint,
+        "ood": cfg.evaluate.ood_file,
+        "temperature": cfg.evaluate.temperature_file,
         "split_csv": cfg.split.out_dir / "split.csv",
         "fingerprints": cfg.dedup.out_dir / "fingerprints.npz",
         "out_dir": EXTERNAL_DIR / name,

@@ -307,11 +307,11 @@ def evaluate_model(
     y = {split: members["label"].map(classes.index).to_numpy() for split, members in rows.items()}
 
     temperature = fit_temperature(logits["val"], y["val"]) if cfg.temperature_scaling and len(y["val"]) else 1.0
-    Temperature(temperature, file_digest(checkpoint_path)).save(cfg.out_dir / "temperature.json")
+    Temperature(temperature, file_digest(checkpoint_path)).save(cfg.temperature_file)
     proba = {split: softmax(logits[split], temperature) for split in ("val", "test")}
 
     check = fit_ood(features["train"], y["train"], features["val"], cfg.ood_quantile, file_digest(checkpoint_path))
-    check.save(cfg.out_dir / "ood.npz")
+    check.save(cfg.ood_file)
     probes = {}
     for name, samples in (("non_mri", non_mri_images(seed)), ("near", near_mri_images(seed))):
         _, probe_features = logits_and_features(

@@ -26,7 +26,7 @@ from dvclive import Live
 from torch import nn
 from tqdm import tqdm
 
-from brainmri.config import CLASSES, AugmentConfig, InputConfig, TrainConfig
+from brainmri.config import CHECKPOINT_NAME, CLASSES, AugmentConfig, InputConfig, TrainConfig
 from brainmri.core.portable import environment_fingerprint
 from brainmri.model.architectures import Classifier, build_model
 from brainmri.model.checkpoint import read_checkpoint, save_checkpoint
@@ -42,6 +42,7 @@ from brainmri.training.cache import (
 )
 from brainmri.training.device import Runtime, runtime, select_device
 from brainmri.training.distributed import Dist, distributed
+from brainmri.training.mixstyle import attach_mixstyle
 
 SGD_MOMENTUM = 0.9
 
@@ -352,6 +353,8 @@ def train_model(
         device = ranks.device
         _seed_everything(seed)
         model = build_model(cfg.model, len(classes), cfg.pretrained).to(device, memory_format=torch.channels_last)
+        if cfg.mixstyle:
+            attach_mixstyle(model.blocks, cfg.mixstyle, seed)
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(train_rows), cfg.batch_size))
         weights = _class_weights(train_labels, len(classes)).to(device) if cfg.class_weights else None
@@ -360,7 +363,7 @@ def train_model(
         sampling_weights = _sampling_weights(train_rows, cfg)
         state = _State()
         train_images_seen, train_seconds = 0, 0.0  # throughput of this run (all ranks): kept out of checkpoints
-        last_path, best_path = out_dir / "last.pt", out_dir / "model.pt"
+        last_path, best_path = out_dir / "last.pt", out_dir / CHECKPOINT_NAME
         resuming = cfg.resume and last_path.exists()
         meta = dict(
             model_name=cfg.model,
@@ -454,20 +457,21 @@ def train_model(
 OPT_IN_SWITCHES = {
     "cpu_bf16": TrainConfig().cpu_bf16,
     "sampling": TrainConfig().sampling,
+    "mixstyle": TrainConfig().mixstyle,
     "input": TrainConfig().input.model_dump(mode="json"),
     "augment": {
         key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")
     },
 }
-"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.input``, scanner augmentations). At their
-off defaults they are left out of the params a checkpoint records, so a default run writes the same checkpoint
-bytes as before they existed."""
+"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.mixstyle``, ``train.input``, scanner
+augmentations). At their off defaults they are left out of the params a checkpoint records, so a default run writes
+the same checkpoint bytes as before they existed."""
 
 
 def recorded_params(cfg: TrainConfig) -> dict:
     """The train params a checkpoint records: all but ``resume``, without the opt-in switches that are off."""
     params = cfg.model_dump(mode="json", exclude={"resume"})
-    for key in ("cpu_bf16", "sampling", "input"):
+    for key in ("cpu_bf16", "sampling", "mixstyle", "input"):
         if params[key] == OPT_IN_SWITCHES[key]:
             del params[key]
     for key, off in OPT_IN_SWITCHES["augment"].items():
