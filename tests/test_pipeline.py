@@ -255,7 +255,9 @@ split_module.assign_splits = unseeded
 def test_reproducibility_check_fails_on_an_unseeded_split(pipeline):
     stage = pipeline / "stages" / "split.py"
     original = stage.read_text()
-    stage.write_text(original.replace("from brainmri.cli import app", UNSEEDED_SPLIT + "from brainmri.cli import app"))
+    entry = "from brainmri.pipeline import run_split, stage_main"
+    assert entry in original, "the split stage script changed: put the unseeded split before its pipeline import"
+    stage.write_text(original.replace(entry, UNSEEDED_SPLIT + entry))
     try:
         lines = []
         assert not check_reproducibility(pipeline, echo=lines.append)
