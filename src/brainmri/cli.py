@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .config import ConfigError, load_config
-from .errors import one_line
+from .errors import exit_with_one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 
@@ -24,7 +24,8 @@ ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="Validated pa
 
 
 def _reports_errors(command):
-    """Turn the errors a user can act on into one line on stderr and exit status 1 (``errors.one_line``)."""
+    """Turn the errors a user can act on into one line on stderr and exit status 1, as the DVC stages do
+    (``errors.exit_with_one_line``)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -33,11 +34,7 @@ def _reports_errors(command):
         except typer.Exit:  # a RuntimeError too, but the commands' own way out
             raise
         except Exception as error:
-            line = one_line(error)
-            if line is None:
-                raise
-            typer.echo(line, err=True)
-            raise typer.Exit(1) from None
+            exit_with_one_line(error)
 
     return wrapper
 

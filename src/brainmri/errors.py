@@ -1,12 +1,15 @@
 """The one base class of errors a user can act on (bad params, a missing archive, a leaking split), the one
 line such an error is shown as, and the one format of a reason a bad input was refused.
 
-The CLI and the DVC stage entries (``pipeline.stage_main``) show an error through ``one_line``. Each module
-defines its own ``UserError`` subclass, also deriving from the built-in error it stood for (``ValueError``,
-``RuntimeError``), so neither needs to import them: a DVC stage's imports stay the ones its work needs.
+The CLI and the DVC stage entries (``pipeline.stage_main``) both end on such an error through
+``exit_with_one_line``. Each module defines its own ``UserError`` subclass, also deriving from the built-in error
+it stood for (``ValueError``, ``RuntimeError``), so neither needs to import them: a DVC stage's imports stay the
+ones its work needs.
 """
 
 import pickle
+import sys
+from typing import NoReturn
 
 EDGE_ERRORS = (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError)
 """What bad input raises from deeper down (a file that cannot be read or parsed): shown as one line with its type
@@ -31,3 +34,13 @@ def one_line(error: BaseException) -> str | None:
     if isinstance(error, EDGE_ERRORS):
         return f"error: {type(error).__name__}: {' '.join(str(error).split())[:300]}"
     return None
+
+
+def exit_with_one_line(error: BaseException) -> NoReturn:
+    """Called while ``error`` is being handled: print its ``one_line`` on stderr and exit with status 1, or
+    re-raise it when it is a bug (no such line), so its traceback shows."""
+    line = one_line(error)
+    if line is None:
+        raise  # the error being handled, with its traceback
+    print(line, file=sys.stderr)
+    raise SystemExit(1) from None

@@ -8,7 +8,6 @@ step.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 from .config import Config, load_config
 from .core.hashing import file_digest
 from .core.portable import is_pinned
-from .errors import one_line
+from .errors import exit_with_one_line
 
 METRICS_DIR = Path("metrics")
 EXTERNAL_DIR = Path("build/external")
@@ -41,11 +40,7 @@ def stage_main(stage: str, run: Callable[..., dict], *args: str, show: Callable[
     try:
         result = run(load_config(PARAMS), *args)
     except Exception as error:
-        line = one_line(error)
-        if line is None:
-            raise
-        print(line, file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with_one_line(error)
     print(show(result) if show else headline(stage, result))
 
 
