@@ -16,6 +16,8 @@ on the pipeline's patient-level split and is scored on
   depend on where the decision threshold sits; and the same on the half of its patients that
   the ``tcga_half`` configurations do not train on (``tcga_half_*``, for every configuration).
 
+With ``--split`` another split table is used (e.g. one made with ``split.unknown_tumours``, whose Br35H ``yes``
+images the ``unknown_tumours`` configuration trains on and every configuration scores on test).
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.dataset.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
 the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>``
@@ -60,6 +62,11 @@ HEALED_SHAM_TRAIN = "figshare_contralateral_sham"
 """As ``HEALED_TRAIN``, plus a ``sham`` copy of the same slices (tumour kept, a clear region pasted the same way) with
 its own label, source ``figshare_sham``: the seam then occurs in both classes."""
 
+UNKNOWN_TRAIN = "unknown_type_tumours"
+"""The extra-training switch: train (and select on val) also on the split's tumours of unknown type (Br35H ``yes``,
+in a split made with ``split.unknown_tumours``), as "some tumour" (``brainmri.training.loss``). Every other
+configuration leaves them out of train and val; all score them on test (``test_unknown_tumour_sensitivity``)."""
+
 HEAD_INPUT = {"input.crop": "head", "input.intensity": "percentile"}
 
 CONFIGS: dict[str, dict] = {
@@ -89,6 +96,7 @@ CONFIGS: dict[str, dict] = {
         "cpu_bf16": True,
     },
     "mixstyle": {"mixstyle": 0.5},
+    "unknown_tumours": {"extra": UNKNOWN_TRAIN},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
@@ -192,11 +200,13 @@ def probabilities(model_path: Path, images: list[np.ndarray]) -> np.ndarray:
 
 
 def detection(prefix: str, actual: np.ndarray, proba: np.ndarray) -> dict:
-    """Tumour-slice sensitivity, tumour-free-slice specificity and ROC-AUC of P(any tumour)."""
+    """Tumour-slice sensitivity, tumour-free-slice specificity and ROC-AUC of P(any tumour), and the share of
+    tumour slices called ``glioma`` (TCGA's tumours are all lower-grade gliomas: the right type)."""
     no_tumour = CLASSES.index("no_tumor")
     says = proba.argmax(axis=1) != no_tumour
     return {
         f"{prefix}_tumour_sensitivity": round(float(says[actual].mean()), 4),
+        f"{prefix}_glioma_recall": round(float((proba.argmax(axis=1) == CLASSES.index("glioma"))[actual].mean()), 4),
         f"{prefix}_no_tumour_specificity": round(float((~says[~actual]).mean()), 4),
         f"{prefix}_auc": round(float(roc_auc_score(actual, 1.0 - proba[:, no_tumour])), 4),
     }
@@ -214,7 +224,10 @@ def counterfactual(model_path: Path, table: pd.DataFrame) -> dict:
     from brainmri.synthetic.contralateral import heal
 
     no_tumour = CLASSES.index("no_tumor")
-    unseen = table[table["split"].isin(["val", "test"]) & (table["box"] != "") & (table["label"] != "no_tumor")]
+    classed = table["label"].isin(CLASSES)  # the figshare slices; Br35H yes boxes (unknown-type split) are not used
+    unseen = table[
+        table["split"].isin(["val", "test"]) & (table["box"] != "") & (table["label"] != "no_tumor") & classed
+    ]
     originals, healed = [], []
     for row in unseen.itertuples():
         pixels = read_grey_png(row.path)
@@ -237,7 +250,9 @@ def score(model_path: Path, table: pd.DataFrame, external: External | None) -> d
     from brainmri.core.imaging import read_grey_png
 
     no_tumour = CLASSES.index("no_tumor")
-    test = table[table["split"] == "test"].reset_index(drop=True)
+    everything = table[table["split"] == "test"]
+    unknown_type = everything[~everything["label"].isin(CLASSES)]
+    test = everything[everything["label"].isin(CLASSES)].reset_index(drop=True)
     proba = probabilities(model_path, [read_grey_png(p) for p in test["path"]])
     truth = test["label"].map(CLASSES.index).to_numpy()
     predicted = proba.argmax(axis=1)
@@ -254,6 +269,10 @@ def score(model_path: Path, table: pd.DataFrame, external: External | None) -> d
         "test_tumour_sensitivity": round(float(called[tumour].mean()), 4) if tumour.any() else None,
         "test_no_tumour_specificity": round(float((~called[~tumour]).mean()), 4) if (~tumour).any() else None,
     }
+    if len(unknown_type):
+        proba_unknown = probabilities(model_path, [read_grey_png(p) for p in unknown_type["path"]])
+        result["test_unknown_tumours"] = int(len(unknown_type))
+        result["test_unknown_tumour_sensitivity"] = round(float((proba_unknown.argmax(axis=1) != no_tumour).mean()), 4)
     result.update(counterfactual(model_path, table))
     if external is not None:
         proba = probabilities(model_path, external.images)
@@ -263,8 +282,8 @@ def score(model_path: Path, table: pd.DataFrame, external: External | None) -> d
     return result
 
 
-def split_table(root: Path, holdout: str | None, seed: int) -> pd.DataFrame:
-    table = pd.read_csv(root / "build/split/split.csv", dtype=str, keep_default_na=False)
+def split_table(root: Path, split_csv: Path, holdout: str | None, seed: int) -> pd.DataFrame:
+    table = pd.read_csv(root / split_csv, dtype=str, keep_default_na=False)
     if holdout is None:
         return table
     from brainmri.config import SplitConfig
@@ -277,6 +296,14 @@ def split_table(root: Path, holdout: str | None, seed: int) -> pd.DataFrame:
     return table.assign(split=holdout_split(table, cfg, seed))
 
 
+DEFAULT_SPLIT = Path("build/split/split.csv")
+
+
+def without_unknown_type_training(table: pd.DataFrame) -> pd.DataFrame:
+    """The table without train and val rows of no class (unknown-type tumours): test keeps them, to be scored."""
+    return table[table["label"].isin(CLASSES) | (table["split"] == "test")]
+
+
 COLUMNS = [
     "test_accuracy",
     "test_macro_f1",
@@ -285,6 +312,8 @@ COLUMNS = [
     "tcga_tumour_sensitivity",
     "tcga_no_tumour_specificity",
     "tcga_auc",
+    "tcga_glioma_recall",
+    "test_unknown_tumour_sensitivity",
     "tcga_half_tumour_sensitivity",
     "tcga_half_no_tumour_specificity",
     "tcga_half_auc",
@@ -298,6 +327,12 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("."))
     parser.add_argument("--external", type=Path, default=Path("../shared/datasets/tcga-lgg-post-contrast.zip"))
     parser.add_argument("--config", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=DEFAULT_SPLIT,
+        help="split table under --root; another one adds @split=<its folder> to the keys",
+    )
     parser.add_argument("--holdout", default=None, help="a source to leave out (the test set is then its images)")
     parser.add_argument("--seed", type=int, default=None, help="train with this seed, not params.yaml's (same split)")
     parser.add_argument(
@@ -314,22 +349,27 @@ def main() -> None:
     cfg = load_config(args.root / "params.yaml")
     common = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.overrides)}
     external = External(args.external) if args.external.exists() else None
-    table = split_table(args.root, args.holdout, cfg.seed)
+    table = split_table(args.root, args.split, args.holdout, cfg.seed)
     document = json.loads(args.out.read_text()) if args.out and args.out.exists() else {"configs": {}, "results": {}}
     for name in args.config:
         overrides = {**common, **CONFIGS[name]}
         extra = overrides.pop("extra", None)
         train_cfg = apply_overrides(cfg.train, overrides)
-        key = name + (f"@holdout={args.holdout}" if args.holdout else "") + (f"@seed={args.seed}" if args.seed else "")
+        key = (
+            name
+            + (f"@split={args.split.parent.name}" if args.split != DEFAULT_SPLIT else "")
+            + (f"@holdout={args.holdout}" if args.holdout else "")
+            + (f"@seed={args.seed}" if args.seed else "")
+        )
         work = args.root / "build/generalisation" / key.replace("@", "-").replace("=", "-")
-        training = table
+        training = table if extra == UNKNOWN_TRAIN else without_unknown_type_training(table)
         if extra == TCGA_TRAIN:
             if external is None:
                 raise SystemExit(f"{name} trains on half of TCGA: {args.external} is missing")
-            training = pd.concat([table, external.training_rows(args.root / "build/generalisation/tcga_train_half")])
+            training = pd.concat([training, external.training_rows(args.root / "build/generalisation/tcga_train_half")])
         elif extra in (HEALED_TRAIN, HEALED_SHAM_TRAIN):
             made = contralateral_rows(table, work / "contralateral", cfg.seed, with_sham=extra == HEALED_SHAM_TRAIN)
-            training = pd.concat([table, made])
+            training = pd.concat([training, made])
         started = time.perf_counter()
         if not args.score_only:
             seed = cfg.seed if args.seed is None else args.seed

@@ -221,3 +221,27 @@ def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
     )  # class 0: 2 right, its 1 wrong
     assert 4 in chosen and {5, 6} <= chosen and 7 in chosen
     assert gradcam_sample(y, predicted, 3, per_class=0, seed=1) == []
+
+
+def test_unknown_type_tumours_are_scored_for_detection_only(evaluated, tmp_path):
+    root, table, checkpoint, _ = evaluated
+    tumours = table[table["label"] != "no_tumor"].groupby("split").head(4)
+    tumours = tumours[tumours["split"] != "train"]
+    unknown = tumours.assign(image_id=tumours["image_id"] + "-unknown", label="tumor_unknown", source="source_c")
+    run(tmp_path, pd.concat([table, unknown], ignore_index=True), checkpoint)
+    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+    plain = json.loads((root / "metrics" / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert metrics[split]["accuracy"] == plain[split]["accuracy"]  # class metrics: class rows only
+    assert metrics["calibration"] == plain["calibration"]
+    predictions = pd.read_csv(tmp_path / "evaluate" / "predictions.csv")
+    scored = predictions[predictions["label"] == "tumor_unknown"]
+    assert sorted(scored["image_id"]) == sorted(unknown["image_id"])
+    for split in ("val", "test"):
+        rows = scored[scored["split"] == split]
+        block = metrics[split]["unknown_type_tumours"]
+        assert block["n"] == len(rows) and block["missed"] == int((rows["predicted"] == "no_tumor").sum())
+        assert block["sensitivity"] == round(float((rows["predicted"] != "no_tumor").mean()), 4)
+        assert sum(block["called"].values()) == len(rows) and set(block["per_source"]) == {"source_c"}
+    with pytest.raises(ValueError, match="'cat'"):
+        run(tmp_path / "bad", pd.concat([table, unknown.assign(label="cat")], ignore_index=True), checkpoint)

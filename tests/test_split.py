@@ -213,3 +213,19 @@ def test_patient_table_folds_become_the_fold_column(deduped):
     assert (with_patient["fold"] == [int(p[1:]) % 5 for p in with_patient["patient_id"]]).all()
     assert (table.loc[table.patient_id == "", "fold"] == -1).all()
     assert sorted(report["folds"]) == [-1, 0, 1, 2, 3, 4]
+
+
+def test_unknown_type_tumours_are_split_only_when_asked(deduped):
+    manifest, prints = deduped
+    manifest = manifest.copy()
+    no_patient = manifest.index[manifest["patient_id"] == ""][:40]
+    manifest.loc[no_patient, "label"] = "tumor_unknown"
+    kept_unknown = int((manifest.loc[no_patient, "kept"].astype(bool)).sum())
+    table, report = make_split(manifest, prints, DedupConfig(), SplitConfig(), seed=42)
+    assert "tumor_unknown" not in set(table["label"])
+    assert report["excluded_not_a_class"] == {"tumor_unknown": kept_unknown}
+    table, report = make_split(manifest, prints, DedupConfig(), SplitConfig(unknown_tumours=True), seed=42)
+    unknown = table[table["label"] == "tumor_unknown"]
+    assert len(unknown) == kept_unknown and report["excluded_not_a_class"] == {}
+    assert set(unknown["split"]) == {"train", "val", "test"}  # stratified like a class
+    check_leakage(report)

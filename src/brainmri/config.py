@@ -255,6 +255,13 @@ class SplitConfig(_Strict):
     holdout_source: str | None = Field(
         None, description="leave-one-source-out: every image of this source is the test set, the rest train/val"
     )
+    unknown_tumours: bool = Field(
+        False,
+        description=(
+            "also split the tumours of unknown type (tumor_unknown, e.g. Br35H yes), so training can learn 'some "
+            "tumour' from them (the loss asks P(any tumour) of them) and test can score their detection"
+        ),
+    )
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> "SplitConfig":

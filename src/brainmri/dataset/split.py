@@ -1,7 +1,9 @@
 """Split stage: a leakage-free, stratified, grouped train/val/test split, and its audit.
 
-Only images the dedup stage kept, with one of the four classes, are split
-(``tumor_unknown`` cannot be a training label). Images are grouped so that a
+Only images the dedup stage kept, with one of the four classes, are split;
+with ``split.unknown_tumours`` also the tumours of unknown type (``tumor_unknown``,
+e.g. Br35H "yes"), which training then uses as "some tumour" and test scores for
+detection only. Images are grouped so that a
 group never straddles two splits. Links that make groups:
 
 - **patient**: images of one patient. A kept image has the patients of every
@@ -38,7 +40,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..config import CLASSES, DedupConfig, SplitConfig
+from ..config import CLASSES, EXTRA_LABELS, DedupConfig, SplitConfig
 from ..errors import UserError
 from .fingerprints import Fingerprints, confirmed_pairs
 from .linker import correlated_pairs, nearest_neighbour_pairs, thumbnail_vectors
@@ -192,7 +194,8 @@ def make_split(
 ) -> tuple[pd.DataFrame, dict]:
     """Split the kept, classifiable images; return the split table and the report (audit included)."""
     kept = dedup_manifest[dedup_manifest["kept"].astype(bool)]
-    table = kept[kept["label"].isin(CLASSES)].sort_values("image_id", kind="stable").reset_index(drop=True)
+    splittable = (*CLASSES, *EXTRA_LABELS) if cfg.unknown_tumours else CLASSES
+    table = kept[kept["label"].isin(splittable)].sort_values("image_id", kind="stable").reset_index(drop=True)
     table["patients"] = cluster_patients(dedup_manifest).reindex(table["cluster_id"]).fillna("").to_numpy()
     prints = fingerprints.subset(table["image_id"])
     thumbs = thumbnail_vectors(table["path"].tolist())
@@ -212,7 +215,7 @@ def make_split(
     report = {
         "images": int(len(table)),
         "excluded_not_a_class": {
-            k: int(v) for k, v in kept.loc[~kept["label"].isin(CLASSES), "label"].value_counts().sort_index().items()
+            k: int(v) for k, v in kept.loc[~kept["label"].isin(splittable), "label"].value_counts().sort_index().items()
         },
         "groups": int(table["group"].nunique()),
         "largest_group": int(group_sizes.max()) if len(table) else 0,

@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 from sklearn import metrics as skm
 
-from ..config import EvaluateConfig, InputConfig
+from ..config import EXTRA_LABELS, EvaluateConfig, InputConfig
 from ..core.hashing import file_digest
 from ..core.imaging import read_grey_png
 from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
@@ -59,6 +59,7 @@ from .metrics import (
 from .tumour_removal import tumour_removal
 
 PLOT_SPLIT = "test"
+UNKNOWN_TUMOUR = EXTRA_LABELS[0]
 
 
 def load_resized(paths, image_size: int, spec: InputConfig = NO_INPUT) -> list[np.ndarray]:
@@ -89,6 +90,32 @@ def _split_metrics(
         for members in [rows["source"].to_numpy() == source]
     }
     return result
+
+
+def _unknown_type_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The split's rows of no class: tumours of unknown type (``split.unknown_tumours``); any other label is an
+    error naming it."""
+    other = sorted(set(rows["label"]) - {UNKNOWN_TUMOUR})
+    if other:
+        raise ValueError(f"split table has labels {other} that are neither a class of the model nor {UNKNOWN_TUMOUR}")
+    return rows
+
+
+def unknown_type_detection(rows: pd.DataFrame, proba: np.ndarray, classes: list[str]) -> dict:
+    """Tumours of unknown type: how many the model calls a tumour (any class but ``no_tumor``), overall and per
+    source, and which classes it gives them. No class accuracy: their class is not known."""
+    predicted = np.array(classes)[proba.argmax(axis=1)]
+    called = predicted != "no_tumor"
+    return {
+        "n": int(len(rows)),
+        "sensitivity": round(float(called.mean()), 4),
+        "missed": int((~called).sum()),
+        "called": {name: int((predicted == name).sum()) for name in classes},
+        "per_source": {
+            source: round(float(called[rows["source"].to_numpy() == source].mean()), 4)
+            for source in sorted(rows["source"].unique())
+        },
+    }
 
 
 def present_macro_f1(y: np.ndarray, predicted: np.ndarray) -> float:
@@ -288,7 +315,9 @@ def evaluate_model(
     """Evaluate a checkpoint on the val and test rows of a split table; write metrics, plot data, figures,
     Grad-CAM overlays, the out-of-distribution check and the model card.
 
-    The train rows are read only to fit the out-of-distribution check.
+    The train rows are read only to fit the out-of-distribution check. Rows of tumours of unknown type
+    (``split.unknown_tumours``) take no part in class metrics, calibration or the check's fit; their val and test
+    rows are scored for detection alone (``unknown_type_tumours``) and listed in the predictions.
     ``dedup_report`` and ``split_report`` (the stages' ``report.json``) add
     the data's history to the model card when given. External sets
     (``cfg.external``) are evaluated by their own stages (``brainmri.evaluation.external``).
@@ -299,7 +328,11 @@ def evaluate_model(
     model, meta = load_checkpoint(checkpoint_path)
     classes = list(meta.classes)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    rows = {split: table[table["split"] == split].reset_index(drop=True) for split in ("train", "val", "test")}
+    classed = table["label"].isin(classes)
+    unknown_type = _unknown_type_rows(table[~classed])
+    rows = {
+        split: table[classed & (table["split"] == split)].reset_index(drop=True) for split in ("train", "val", "test")
+    }
     images, logits, features = {}, {}, {}
     for split, members in rows.items():
         images[split] = load_resized(members["path"], meta.image_size, meta.preprocess)
@@ -325,13 +358,22 @@ def evaluate_model(
     results, predictions = {}, []
     for split in ("val", "test"):
         results[split] = _split_metrics(rows[split], y[split], proba[split], classes, cfg, seed)
-        scores = check.score(features[split])
-        predictions.append(
-            rows[split][["image_id", "source", "label"]]
-            .assign(split=split, predicted=[classes[k] for k in proba[split].argmax(axis=1)])
-            .join(pd.DataFrame(proba[split].round(6), columns=[f"p_{c}" for c in classes]))
-            .assign(ood_score=scores.round(4), ood_verdict=np.where(check.rejects(scores), NOT_MRI, "brain MRI"))
-        )
+        scored = [(rows[split], proba[split], check.score(features[split]))]
+        members = unknown_type[unknown_type["split"] == split].reset_index(drop=True)
+        if len(members):
+            extra_logits, extra_features = logits_and_features(
+                model, load_resized(members["path"], meta.image_size, meta.preprocess), meta.image_size
+            )
+            extra_proba = softmax(extra_logits, temperature)
+            results[split]["unknown_type_tumours"] = unknown_type_detection(members, extra_proba, classes)
+            scored.append((members, extra_proba, check.score(extra_features)))
+        for members, split_proba, scores in scored:
+            predictions.append(
+                members[["image_id", "source", "label"]]
+                .assign(split=split, predicted=[classes[k] for k in split_proba.argmax(axis=1)])
+                .join(pd.DataFrame(split_proba.round(6), columns=[f"p_{c}" for c in classes]))
+                .assign(ood_score=scores.round(4), ood_verdict=np.where(check.rejects(scores), NOT_MRI, "brain MRI"))
+            )
     _write_plot_data(metrics_dir / "evaluate", y["test"], proba["test"], classes)
     save_figures(y["test"], proba["test"], classes, metrics_dir / "train", cfg.out_dir)
     located, panels = _explain(model, meta, rows["test"], images["test"], y["test"], proba["test"], cfg, seed)

@@ -113,15 +113,6 @@ def cached_images(
     return np.load(target, mmap_mode="r")
 
 
-def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
-    """Class names → int64 indices into ``classes``; an unknown label is an error naming it."""
-    lookup = {name: index for index, name in enumerate(classes)}
-    unknown = sorted(set(labels) - set(lookup))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the classes {list(classes)}")
-    return np.array([lookup[label] for label in labels], dtype=np.int64)
-
-
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     """Full batches only: a ragged last batch would skew BatchNorm statistics (fewer images than a batch: one)."""
     return max(1, num_images // batch_size)

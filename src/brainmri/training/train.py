@@ -35,13 +35,13 @@ from brainmri.training.cache import (
     batch_seed,
     cached_images,
     epoch_batches,
-    label_indices,
     sequential_batches,
     source_balanced_weights,
     steps_per_epoch,
 )
 from brainmri.training.device import Runtime, runtime, select_device
 from brainmri.training.distributed import Dist, distributed
+from brainmri.training.loss import TumourAwareLoss, hits, no_tumour_index, training_label_indices
 from brainmri.training.mixstyle import attach_mixstyle
 
 SGD_MOMENTUM = 0.9
@@ -56,7 +56,7 @@ def _split_rows(table: pd.DataFrame, classes: Sequence[str]) -> tuple[pd.DataFra
     val = table[table["split"] == "val"].reset_index(drop=True)
     if train.empty or val.empty:
         raise ValueError(f"need train and val rows, got {len(train)} train and {len(val)} val")
-    label_indices(pd.concat([train["label"], val["label"]]), classes)  # fails early on an unknown label
+    training_label_indices(pd.concat([train["label"], val["label"]]), classes)  # fails early on an unknown label
     return train, val
 
 
@@ -268,24 +268,32 @@ def _train_epoch(
         lr = optimizer.param_groups[-1]["lr"]  # the rate this step used (the head's: lr times the schedule)
         scheduler.step()
         loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        correct += int(hits(logits, y, criterion.no_tumour).sum())
         seen += len(y)
     loss_sum, correct, seen = ranks.all_sum([loss_sum, correct, seen])
     return loss_sum / seen, correct / seen, lr, int(seen)
 
 
 def _val_pass(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, rt: Runtime, batch_size: int, ranks: Dist
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    rt: Runtime,
+    batch_size: int,
+    ranks: Dist,
+    no_tumour: int | None,
 ) -> tuple[float, float]:
     """Plain (unweighted, unsmoothed) cross-entropy and accuracy: the selection criterion ignores loss knobs.
+
+    Unknown-type tumours (label -1) count by P(any tumour) and are right when called any tumour class.
 
     Each rank scores every ``world_size``-th image; the sums are shared, so
     every rank gets the same numbers (and takes the same decisions).
     """
     logits = predict_logits(model, images[ranks.rank :: ranks.world_size], rt, batch_size)
     target = torch.from_numpy(labels[ranks.rank :: ranks.world_size])
-    loss_sum = nn.functional.cross_entropy(logits, target, reduction="sum").item()
-    correct = (logits.argmax(1) == target).sum().item()
+    loss_sum = TumourAwareLoss(no_tumour, reduction="sum")(logits, target).item()
+    correct = hits(logits, target, no_tumour).sum().item()
     loss_sum, correct, count = ranks.all_sum([loss_sum, correct, len(target)])
     return loss_sum / count, correct / count
 
@@ -342,8 +350,9 @@ def train_model(
     val_images = cached_images(
         val_rows, cfg.image_size, cfg.cache_dir, cfg.num_workers, desc="cache val", spec=cfg.input
     )
-    train_labels = label_indices(train_rows["label"], classes)
-    val_labels = label_indices(val_rows["label"], classes)
+    train_labels = training_label_indices(train_rows["label"], classes)
+    val_labels = training_label_indices(val_rows["label"], classes)
+    no_tumour = no_tumour_index(classes)
     cache_seconds = time.perf_counter() - started
 
     with (
@@ -357,8 +366,9 @@ def train_model(
             attach_mixstyle(model.blocks, cfg.mixstyle, seed)
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg, steps_per_epoch(len(train_rows), cfg.batch_size))
-        weights = _class_weights(train_labels, len(classes)).to(device) if cfg.class_weights else None
-        criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+        class_rows = train_labels[train_labels >= 0]  # unknown-type tumours (-1) have no class to weigh
+        weights = _class_weights(class_rows, len(classes)).to(device) if cfg.class_weights else None
+        criterion = TumourAwareLoss(no_tumour, weight=weights, label_smoothing=cfg.label_smoothing)
         augment = BatchAugment(cfg.augment, cfg.image_size)
         sampling_weights = _sampling_weights(train_rows, cfg)
         state = _State()
@@ -399,7 +409,9 @@ def train_model(
                 train_seconds += time.perf_counter() - tick
                 train_images_seen += seen
                 ranks.sync_buffers(model)
-                val_loss, val_accuracy = _val_pass(model, val_images, val_labels, rt, 2 * cfg.batch_size, ranks)
+                val_loss, val_accuracy = _val_pass(
+                    model, val_images, val_labels, rt, 2 * cfg.batch_size, ranks, no_tumour
+                )
                 improved = state.end_epoch(val_loss, val_accuracy)
                 end_epoch_schedule(scheduler, val_loss)
                 epoch_metrics = {

@@ -1,0 +1,96 @@
+"""Training loss for labels of two kinds: a class, or "a tumour of unknown type".
+
+Br35H's ``yes`` images are tumours whose type nobody recorded. Left out of training, they leave the look of
+Br35H pictures tied to ``no_tumor`` alone (its ``no`` images are in train), which is the source shortcut issue 12
+is about. Kept in as "some tumour", they carry exactly what is known: the loss of such an image is
+-log P(any tumour) = -log(1 - P(no_tumor)), and it says nothing about which tumour class.
+
+An unknown-type tumour has label index ``UNKNOWN_TUMOUR_INDEX`` (-1). A batch without one is scored by
+torch's cross-entropy as before, so runs without such images are unchanged to the bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from brainmri.config import EXTRA_LABELS
+
+UNKNOWN_TUMOUR_INDEX = -1
+UNKNOWN_TUMOUR = EXTRA_LABELS[0]
+NO_TUMOUR = "no_tumor"
+
+
+def no_tumour_index(classes: Sequence[str]) -> int | None:
+    """Where ``no_tumor`` sits among ``classes`` (None: a class list without it, so no unknown-type labels)."""
+    return list(classes).index(NO_TUMOUR) if NO_TUMOUR in classes else None
+
+
+def training_label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Class names → int64 indices into ``classes``, ``tumor_unknown`` → -1; any other label is an error naming it."""
+    lookup = {name: index for index, name in enumerate(classes)}
+    lookup[UNKNOWN_TUMOUR] = UNKNOWN_TUMOUR_INDEX
+    unknown = sorted(set(labels) - set(lookup))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {list(classes)} nor {UNKNOWN_TUMOUR!r}")
+    if UNKNOWN_TUMOUR in set(labels) and NO_TUMOUR not in lookup:
+        raise ValueError(f"{UNKNOWN_TUMOUR!r} images need a {NO_TUMOUR!r} class to be told apart from")
+    return np.array([lookup[label] for label in labels], dtype=np.int64)
+
+
+def any_tumour_nll(logits: torch.Tensor, no_tumour: int) -> torch.Tensor:
+    """Per row, -log P(any tumour) = logsumexp(all logits) - logsumexp(tumour logits)."""
+    tumour = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
+    tumour[no_tumour] = False
+    return torch.logsumexp(logits, dim=1) - torch.logsumexp(logits[:, tumour], dim=1)
+
+
+class TumourAwareLoss(nn.Module):
+    """Cross-entropy (optionally class-weighted and label-smoothed) for class labels, -log P(any tumour) for -1.
+
+    The mean is over the batch, each unknown-type row weighing 1 and each class row its class weight, which is
+    torch's weighted mean when the batch holds class rows only.
+    """
+
+    def __init__(
+        self,
+        no_tumour: int | None,
+        weight: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+    ):
+        super().__init__()
+        self.no_tumour = no_tumour
+        self.weight = weight
+        self.label_smoothing = label_smoothing
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        known = target != UNKNOWN_TUMOUR_INDEX
+        if bool(known.all()):
+            return nn.functional.cross_entropy(
+                logits, target, weight=self.weight, label_smoothing=self.label_smoothing, reduction=self.reduction
+            )
+        per_row = torch.zeros(len(target), dtype=logits.dtype, device=logits.device)
+        row_weight = torch.ones(len(target), dtype=logits.dtype, device=logits.device)
+        if bool(known.any()):
+            per_row[known] = nn.functional.cross_entropy(
+                logits[known], target[known], weight=self.weight, label_smoothing=self.label_smoothing, reduction="none"
+            )
+            if self.weight is not None:
+                row_weight[known] = self.weight[target[known]]
+        per_row[~known] = any_tumour_nll(logits[~known], self.no_tumour)
+        if self.reduction == "sum":
+            return per_row.sum()
+        return per_row.sum() / row_weight.sum()
+
+
+def hits(logits: torch.Tensor, target: torch.Tensor, no_tumour: int | None) -> torch.Tensor:
+    """Per row, whether the arg-max is right: the class for a class label, any tumour class for -1."""
+    predicted = logits.argmax(1)
+    if no_tumour is None:
+        return predicted == target
+    return torch.where(target == UNKNOWN_TUMOUR_INDEX, predicted != no_tumour, predicted == target)
