@@ -66,6 +66,7 @@ def build_splits(root: Path, seed: int) -> dict[str, pd.DataFrame]:
     dedup = pd.read_csv(root / "build/dedup/manifest.csv", dtype=str, keep_default_na=False)
     kept = dedup[(dedup["kept"] == "True") & dedup["label"].isin(CLASSES)]
     grouped = pd.read_csv(root / "build/split/split.csv", dtype=str, keep_default_na=False)
+    grouped = grouped[grouped["label"].isin(CLASSES)]  # as the other three: no unknown-type tumours
     return {
         "a_kaggle_official": kaggle_official(merged, seed),
         "b_random_no_dedup": random_split(merged, seed),

@@ -87,6 +87,7 @@ def main() -> None:
     model, meta = load_checkpoint(args.model)
     table = pd.read_csv(args.split, dtype=str, keep_default_na=False)
     classes = list(meta.classes)
+    table = table[table["label"].isin(classes)]  # the images the evaluate stage fits and tests the check on
 
     def features(images: list[np.ndarray]) -> list[np.ndarray]:
         return logits_and_features(model, images, meta.image_size)[1]
