@@ -243,5 +243,7 @@ def test_unknown_type_tumours_are_scored_for_detection_only(evaluated, tmp_path)
         assert block["n"] == len(rows) and block["missed"] == int((rows["predicted"] == "no_tumor").sum())
         assert block["sensitivity"] == round(float((rows["predicted"] != "no_tumor").mean()), 4)
         assert sum(block["called"].values()) == len(rows) and set(block["per_source"]) == {"source_c"}
+    card = (tmp_path / "evaluate" / "MODEL_CARD.md").read_text()
+    assert "Tumours of unknown type" in card and f"| test | {metrics['test']['unknown_type_tumours']['n']} |" in card
     with pytest.raises(ValueError, match="'cat'"):
         run(tmp_path / "bad", pd.concat([table, unknown.assign(label="cat")], ignore_index=True), checkpoint)

@@ -179,6 +179,12 @@ def _results(metrics: dict, classes: list[str]) -> list[str]:
                 if (d := metrics[s].get("tumour_detection"))
             ],
         )
+        if unknown := [(s, d) for s in splits if (d := metrics[s].get("unknown_type_tumours"))]:
+            lines += ["Tumours of unknown type (e.g. Br35H `yes`; detection only, their class is not known):", ""]
+            lines += _table(
+                ["split", "n", "called a tumour", "missed"],
+                [[s, d["n"], _pct(d["sensitivity"]), d["missed"]] for s, d in unknown],
+            )
         lines += [
             "Per source (test; macro-F1 over the classes present in that source): "
             "a source much worse than the others is a warning sign.",
