@@ -16,8 +16,9 @@ on the pipeline's patient-level split and is scored on
   depend on where the decision threshold sits; and the same on the half of its patients that
   the ``tcga_half`` configurations do not train on (``tcga_half_*``, for every configuration).
 
-With ``--split`` another split table is used (e.g. one made with ``split.unknown_tumours``, whose Br35H ``yes``
-images the ``unknown_tumours`` configuration trains on and every configuration scores on test).
+With ``--split`` another split table is used (e.g. one made without ``split.unknown_tumours``). Where the split
+holds Br35H ``yes`` images (tumours of unknown type), every configuration but ``no_unknown_tumours`` trains on
+them, and all score them on test.
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.dataset.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
 the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>``
@@ -62,10 +63,11 @@ HEALED_SHAM_TRAIN = "figshare_contralateral_sham"
 """As ``HEALED_TRAIN``, plus a ``sham`` copy of the same slices (tumour kept, a clear region pasted the same way) with
 its own label, source ``figshare_sham``: the seam then occurs in both classes."""
 
-UNKNOWN_TRAIN = "unknown_type_tumours"
-"""The extra-training switch: train (and select on val) also on the split's tumours of unknown type (Br35H ``yes``,
-in a split made with ``split.unknown_tumours``), as "some tumour" (``brainmri.training.loss``). Every other
-configuration leaves them out of train and val; all score them on test (``test_unknown_tumour_sensitivity``)."""
+NO_UNKNOWN_TRAIN = "drop_unknown_type_tumours"
+"""The switch that takes the split's tumours of unknown type (Br35H ``yes``, in a split made with
+``split.unknown_tumours``, the default since 2026-12-03) out of train and val: every other configuration trains
+on them as "some tumour" (``brainmri.training.loss``), as the pipeline does. All score them on test
+(``test_unknown_tumour_sensitivity``)."""
 
 HEAD_INPUT = {"input.crop": "head", "input.intensity": "percentile"}
 
@@ -96,7 +98,7 @@ CONFIGS: dict[str, dict] = {
         "cpu_bf16": True,
     },
     "mixstyle": {"mixstyle": 0.5},
-    "unknown_tumours": {"extra": UNKNOWN_TRAIN},
+    "no_unknown_tumours": {"extra": NO_UNKNOWN_TRAIN},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 
@@ -362,7 +364,7 @@ def main() -> None:
             + (f"@seed={args.seed}" if args.seed else "")
         )
         work = args.root / "build/generalisation" / key.replace("@", "-").replace("=", "-")
-        training = table if extra == UNKNOWN_TRAIN else without_unknown_type_training(table)
+        training = without_unknown_type_training(table) if extra == NO_UNKNOWN_TRAIN else table
         if extra == TCGA_TRAIN:
             if external is None:
                 raise SystemExit(f"{name} trains on half of TCGA: {args.external} is missing")

@@ -226,7 +226,6 @@ def test_gradcam_sample_takes_correct_and_wrong_per_class_with_the_seed():
 def test_unknown_type_tumours_are_scored_for_detection_only(evaluated, tmp_path):
     root, table, checkpoint, _ = evaluated
     tumours = table[table["label"] != "no_tumor"].groupby("split").head(4)
-    tumours = tumours[tumours["split"] != "train"]
     unknown = tumours.assign(image_id=tumours["image_id"] + "-unknown", label="tumor_unknown", source="source_c")
     run(tmp_path, pd.concat([table, unknown], ignore_index=True), checkpoint)
     metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
@@ -236,13 +235,16 @@ def test_unknown_type_tumours_are_scored_for_detection_only(evaluated, tmp_path)
     assert metrics["calibration"] == plain["calibration"]
     predictions = pd.read_csv(tmp_path / "evaluate" / "predictions.csv")
     scored = predictions[predictions["label"] == "tumor_unknown"]
-    assert sorted(scored["image_id"]) == sorted(unknown["image_id"])
+    assert sorted(scored["image_id"]) == sorted(unknown.loc[unknown["split"] != "train", "image_id"])
     for split in ("val", "test"):
         rows = scored[scored["split"] == split]
         block = metrics[split]["unknown_type_tumours"]
         assert block["n"] == len(rows) and block["missed"] == int((rows["predicted"] == "no_tumor").sum())
         assert block["sensitivity"] == round(float((rows["predicted"] != "no_tumor").mean()), 4)
         assert sum(block["called"].values()) == len(rows) and set(block["per_source"]) == {"source_c"}
+        assert block["ood_rejected"] == int((rows["ood_verdict"] != "brain MRI").sum())
+    check = OODCheck.load(tmp_path / "evaluate" / "ood.npz")
+    assert all(len(layer.means) == len(CLASSES) + 1 for layer in check.layers)  # the unknown type: a group of its own
     card = (tmp_path / "evaluate" / "MODEL_CARD.md").read_text()
     assert "Tumours of unknown type" in card and f"| test | {metrics['test']['unknown_type_tumours']['n']} |" in card
     with pytest.raises(ValueError, match="'cat'"):
