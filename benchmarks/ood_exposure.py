@@ -29,7 +29,7 @@ import pandas as pd
 from brainmri.config import load_config
 from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import normalise_input
-from brainmri.evaluation.evaluate import load_resized
+from brainmri.evaluation.evaluate import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_GROUP, load_resized
 from brainmri.model.checkpoint import load_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import fit_ood
@@ -87,7 +87,6 @@ def main() -> None:
     model, meta = load_checkpoint(args.model)
     table = pd.read_csv(args.split, dtype=str, keep_default_na=False)
     classes = list(meta.classes)
-    table = table[table["label"].isin(classes)]  # the images the evaluate stage fits and tests the check on
 
     def features(images: list[np.ndarray]) -> list[np.ndarray]:
         return logits_and_features(model, images, meta.image_size)[1]
@@ -96,7 +95,8 @@ def main() -> None:
         split: load_resized(table.loc[table["split"] == split, "path"], meta.image_size, meta.preprocess)
         for split in ("train", "val", "test")
     }
-    labels = table.loc[table["split"] == "train", "label"].map(classes.index).to_numpy()
+    groups_of = {**{name: k for k, name in enumerate(classes)}, UNKNOWN_TUMOUR: UNKNOWN_TUMOUR_GROUP}  # as evaluate
+    labels = table.loc[table["split"] == "train", "label"].map(groups_of).to_numpy()
     plain = {split: features(images) for split, images in split_images.items()}
     digest = file_digest(args.model)
     checks = {
