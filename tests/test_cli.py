@@ -103,3 +103,17 @@ def test_stage_main_prints_the_headline_and_lets_a_bug_keep_its_traceback(tmp_pa
 
     with pytest.raises(KeyError):
         stage_main("merge", bug)
+
+
+def test_the_headline_counts_tumours_of_unknown_type_where_the_split_has_them(tmp_path, capsys):
+    import json
+
+    from brainmri.cli import _print_headline
+
+    block = {"n": 80, "accuracy": 0.9, "accuracy_ci95": [0.85, 0.95], "macro_f1": 0.89, "balanced_accuracy": 0.9}
+    metrics = {"val": block, "test": {**block, "unknown_type_tumours": {"n": 9, "missed": 2}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    _print_headline(tmp_path / "metrics.json")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("val: n=80 accuracy 0.900") and len(lines) == 3
+    assert lines[2] == "test: tumours of unknown type: 7 of 9 called a tumour"

@@ -337,3 +337,6 @@ def _print_headline(metrics_path: Path) -> None:
             f"{split}: n={m['n']} accuracy {m['accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}) "
             f"macro-F1 {m['macro_f1']:.3f} balanced accuracy {m['balanced_accuracy']:.3f}"
         )
+        if unknown := m.get("unknown_type_tumours"):
+            found = unknown["n"] - unknown["missed"]
+            typer.echo(f"{split}: tumours of unknown type: {found} of {unknown['n']} called a tumour")
