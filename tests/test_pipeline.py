@@ -123,7 +123,9 @@ def test_pipeline_writes_metrics_and_plots(pipeline):
     }
     datasheet = (pipeline / "build" / "dataset" / "DATASHEET.md").read_text()
     assert "Measured on a held-out calibration set of real images" in datasheet
+    assert "are in the split as `tumor_unknown`" in datasheet  # split.unknown_tumours, the default
     assert list((pipeline / "build" / "dataset" / "test").glob("*/*.png"))
+    assert list((pipeline / "build" / "dataset" / "test" / "tumor_unknown").glob("*.png"))
     shown = run(["dvc", "metrics", "show", "--json"], pipeline)
     assert "metrics/metrics.json" in shown
     html = pipeline / "plots_out"

@@ -155,7 +155,10 @@ def write_datasheet(
         "- Class is confounded with source in the public data: every no-tumour image comes from Br35H (or the sets "
         "that copied it) and every figshare image is a tumour, so a model can learn the source instead of the tumour. "
         "Look at per-source metrics and held-out sources, not only at the test split.",
-        "- Images of unknown tumour type (Br35H `yes`) are excluded from the four-class split.",
+        "- Images of unknown tumour type (Br35H `yes`) are in the split as `tumor_unknown` (a tumour, type not "
+        "recorded): training learns only that they are tumours, and the four-class metrics leave them out."
+        if cfg.split.unknown_tumours
+        else "- Images of unknown tumour type (Br35H `yes`) are excluded from the four-class split.",
         "- Research use only; not for diagnosis.",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
