@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainmri.config import load_config
+from brainmri.config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX, load_config
 from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import normalise_input
-from brainmri.evaluation.evaluate import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_GROUP, load_resized
+from brainmri.evaluation.evaluate import load_resized
 from brainmri.model.checkpoint import load_checkpoint
 from brainmri.model.inference import logits_and_features
 from brainmri.model.ood import fit_ood
@@ -95,7 +95,7 @@ def main() -> None:
         split: load_resized(table.loc[table["split"] == split, "path"], meta.image_size, meta.preprocess)
         for split in ("train", "val", "test")
     }
-    groups_of = {**{name: k for k, name in enumerate(classes)}, UNKNOWN_TUMOUR: UNKNOWN_TUMOUR_GROUP}  # as evaluate
+    groups_of = {**{name: k for k, name in enumerate(classes)}, UNKNOWN_TUMOUR: UNKNOWN_TUMOUR_INDEX}  # as evaluate
     labels = table.loc[table["split"] == "train", "label"].map(groups_of).to_numpy()
     plain = {split: features(images) for split, images in split_images.items()}
     digest = file_digest(args.model)

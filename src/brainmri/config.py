@@ -19,8 +19,15 @@ from .errors import UserError
 CLASSES: tuple[str, ...] = ("glioma", "meningioma", "no_tumor", "pituitary")
 """The four diagnostic classes, in the order the model's outputs use."""
 
-EXTRA_LABELS: tuple[str, ...] = ("tumor_unknown",)
-"""Labels a source may carry that are not one of the four classes (Br35H ``yes``)."""
+UNKNOWN_TUMOUR = "tumor_unknown"
+"""A tumour whose type the source does not record (Br35H ``yes``): detection only, never a class."""
+
+UNKNOWN_TUMOUR_INDEX = -1
+"""Its number wherever the classes are numbered by ``CLASSES``: training targets (``brainmri.training.loss``) and
+the OOD check's groups (the evaluate stage fits unknown-type tumours as a group of their own)."""
+
+EXTRA_LABELS: tuple[str, ...] = (UNKNOWN_TUMOUR,)
+"""Labels a source may carry that are not one of the four classes."""
 
 SOURCE_FORMATS = ("figshare_mat", "image_folder")
 """The keys of ``brainmri.dataset.sources.FORMATS`` (one reader module each), listed here so params validate

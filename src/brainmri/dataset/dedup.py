@@ -32,10 +32,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from ..config import DedupConfig
+from ..config import UNKNOWN_TUMOUR, DedupConfig
 from .fingerprints import Fingerprints, compute_fingerprints, confirmed_pairs
-
-UNKNOWN_TUMOUR = "tumor_unknown"
 
 
 @dataclass(frozen=True)

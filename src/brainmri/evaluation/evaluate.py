@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image
 from sklearn import metrics as skm
 
-from ..config import EXTRA_LABELS, EvaluateConfig, InputConfig
+from ..config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX, EvaluateConfig, InputConfig
 from ..core.hashing import file_digest
 from ..core.imaging import read_grey_png
 from ..core.preprocess import NO_INPUT, crop_square, input_box, normalise_input, prepare_grey
@@ -59,10 +59,6 @@ from .metrics import (
 from .tumour_removal import tumour_removal
 
 PLOT_SPLIT = "test"
-UNKNOWN_TUMOUR = EXTRA_LABELS[0]
-UNKNOWN_TUMOUR_GROUP = -1
-"""The OOD check's group for unknown-type tumours: they are training MRI, so the check learns them as a Gaussian of
-their own (otherwise it refused 17 of Br35H's 60 test tumour pictures as not MRI on the real mirror)."""
 
 
 def load_resized(paths, image_size: int, spec: InputConfig = NO_INPUT) -> list[np.ndarray]:
@@ -363,9 +359,11 @@ def evaluate_model(
     Temperature(temperature, file_digest(checkpoint_path)).save(cfg.temperature_file)
     proba = {split: softmax(logits[split], temperature) for split in ("val", "test")}
 
+    # Unknown-type tumours are training MRI: a Gaussian group of their own (left out, the check refused 17 of
+    # Br35H's 60 test tumour pictures as not MRI on the real mirror).
     check = fit_ood(
         _with_unknown_type(features["train"], unknown_features.get("train")),
-        np.concatenate([y["train"], np.full(len(unknown["train"]), UNKNOWN_TUMOUR_GROUP)]),
+        np.concatenate([y["train"], np.full(len(unknown["train"]), UNKNOWN_TUMOUR_INDEX)]),
         _with_unknown_type(features["val"], unknown_features.get("val")),
         cfg.ood_quantile,
         file_digest(checkpoint_path),

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainmri.config import EXTRA_LABELS
+from brainmri.config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX
 
-UNKNOWN_TUMOUR_INDEX = -1
-UNKNOWN_TUMOUR = EXTRA_LABELS[0]
 NO_TUMOUR = "no_tumor"
 
 
