@@ -99,6 +99,15 @@ CONFIGS: dict[str, dict] = {
     },
     "mixstyle": {"mixstyle": 0.5},
     "no_unknown_tumours": {"extra": NO_UNKNOWN_TRAIN},
+    "lite0_192_long": {
+        "model": "efficientnet_lite0",
+        "image_size": 192,
+        "epochs": 12,
+        "lr": 1e-3,
+        "label_smoothing": 0.1,
+        "cpu_bf16": True,
+    },
+    "group_dro": {"group_dro": 0.01},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
 

@@ -370,6 +370,12 @@ class TrainConfig(_Strict):
         description="probability that a training batch's early feature statistics are mixed between its images "
         "(MixStyle, brainmri.training.mixstyle); 0: off",
     )
+    group_dro: float = Field(
+        0.0,
+        ge=0,
+        description="step size of group DRO's weights over the train rows' (source, label) cells: the loss leans "
+        "towards the cells fitted worst (brainmri.training.loss.GroupDRO); 0: off, plain mean loss",
+    )
     patience: int = Field(5, ge=0, description="stop after this many epochs without a lower val loss; 0: never")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_bf16: bool = Field(

@@ -66,23 +66,30 @@ class TumourAwareLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.reduction = reduction
 
+    def per_row(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each row's loss, a class row's multiplied by its class weight (torch's ``reduction="none"``)."""
+        known = target != UNKNOWN_TUMOUR_INDEX
+        per_row = torch.zeros(len(target), dtype=logits.dtype, device=logits.device)
+        if bool(known.any()):
+            per_row[known] = nn.functional.cross_entropy(
+                logits[known], target[known], weight=self.weight, label_smoothing=self.label_smoothing, reduction="none"
+            )
+        if not bool(known.all()):
+            per_row[~known] = any_tumour_nll(logits[~known], self.no_tumour)
+        return per_row
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         known = target != UNKNOWN_TUMOUR_INDEX
         if bool(known.all()):
             return nn.functional.cross_entropy(
                 logits, target, weight=self.weight, label_smoothing=self.label_smoothing, reduction=self.reduction
             )
-        per_row = torch.zeros(len(target), dtype=logits.dtype, device=logits.device)
-        row_weight = torch.ones(len(target), dtype=logits.dtype, device=logits.device)
-        if bool(known.any()):
-            per_row[known] = nn.functional.cross_entropy(
-                logits[known], target[known], weight=self.weight, label_smoothing=self.label_smoothing, reduction="none"
-            )
-            if self.weight is not None:
-                row_weight[known] = self.weight[target[known]]
-        per_row[~known] = any_tumour_nll(logits[~known], self.no_tumour)
+        per_row = self.per_row(logits, target)
         if self.reduction == "sum":
             return per_row.sum()
+        row_weight = torch.ones(len(target), dtype=logits.dtype, device=logits.device)
+        if self.weight is not None:
+            row_weight[known] = self.weight[target[known]]
         return per_row.sum() / row_weight.sum()
 
 
@@ -92,3 +99,46 @@ def hits(logits: torch.Tensor, target: torch.Tensor, no_tumour: int | None) -> t
     if no_tumour is None:
         return predicted == target
     return torch.where(target == UNKNOWN_TUMOUR_INDEX, predicted != no_tumour, predicted == target)
+
+
+class GroupDRO(nn.Module):
+    """Group DRO (Sagawa et al., 2020, "Distributionally robust neural networks"): the loss is a weighted sum of
+    the groups' mean losses in the batch, with the weights ``q`` moved towards the groups fitted worst.
+
+    Why: in the training data a (source, class) cell can be small and unlike the rest (Br35H's tumour-free
+    pictures, its tumours of unknown type); under the plain mean the large cells outvote it, and the model is free
+    to fit it by its source's look. Group DRO raises a cell's weight while its loss stays high
+    (``q_g <- q_g * exp(eta * loss_g)``, then normalised), so the worst-fitted cell steers the gradient. A group
+    absent from a batch has loss 0 there and keeps its weight before the normalisation (the paper's reference
+    code does the same). ``q`` is a buffer: it travels with the module's state dict, so a resumed run continues
+    from the same weights.
+    """
+
+    def __init__(self, base: TumourAwareLoss, num_groups: int, eta: float):
+        super().__init__()
+        if num_groups < 1 or eta <= 0:
+            raise ValueError(f"group DRO needs at least one group and a positive step size (got {num_groups}, {eta})")
+        self.base, self.eta = base, eta
+        self.register_buffer("q", torch.full((num_groups,), 1.0 / num_groups))
+
+    @property
+    def no_tumour(self) -> int | None:
+        return self.base.no_tumour
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+        per_row = self.base.per_row(logits, target)
+        sums = torch.zeros(len(self.q), dtype=per_row.dtype, device=per_row.device).index_add(0, group, per_row)
+        counts = torch.bincount(group, minlength=len(self.q)).to(per_row.dtype)
+        group_loss = sums / counts.clamp(min=1)
+        with torch.no_grad():
+            raised = self.q * torch.exp(self.eta * group_loss)
+            self.q.copy_(raised / raised.sum())
+        return (self.q * group_loss).sum()
+
+
+def group_indices(sources: Sequence[str], labels: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Each row's group (its (source, label) cell) as an int64 index, and the cells in sorted order."""
+    cells = list(zip(sources, labels, strict=True))
+    names = sorted(set(cells))
+    index = {cell: position for position, cell in enumerate(names)}
+    return np.array([index[cell] for cell in cells], dtype=np.int64), names

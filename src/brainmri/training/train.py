@@ -41,7 +41,14 @@ from brainmri.training.cache import (
 )
 from brainmri.training.device import Runtime, runtime, select_device
 from brainmri.training.distributed import Dist, distributed
-from brainmri.training.loss import TumourAwareLoss, hits, no_tumour_index, training_label_indices
+from brainmri.training.loss import (
+    GroupDRO,
+    TumourAwareLoss,
+    group_indices,
+    hits,
+    no_tumour_index,
+    training_label_indices,
+)
 from brainmri.training.mixstyle import attach_mixstyle
 
 SGD_MOMENTUM = 0.9
@@ -243,8 +250,11 @@ def _train_epoch(
     epoch: int,
     ranks: Dist,
     weights: np.ndarray | None,
+    groups: np.ndarray | None,
 ) -> tuple[float, float, float, int]:
     """One pass over a seeded shuffle; returns (mean loss, accuracy on augmented batches, last step's LR, images).
+
+    ``groups`` (each image's group index) is given when ``criterion`` is a ``GroupDRO``, which needs them.
 
     ``net`` is the model, or its DDP wrapper; each rank trains on its shard
     of every batch, and the returned numbers are over all ranks.
@@ -261,7 +271,10 @@ def _train_epoch(
         y = torch.from_numpy(labels[rows]).to(rt.device, non_blocking=True)
         with rt.autocast():
             logits = net(x)
-        loss = criterion(logits.float(), y)
+        if groups is None:
+            loss = criterion(logits.float(), y)
+        else:
+            loss = criterion(logits.float(), y, torch.from_numpy(groups[rows]).to(rt.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -369,6 +382,10 @@ def train_model(
         class_rows = train_labels[train_labels >= 0]  # unknown-type tumours (-1) have no class to weigh
         weights = _class_weights(class_rows, len(classes)).to(device) if cfg.class_weights else None
         criterion = TumourAwareLoss(no_tumour, weight=weights, label_smoothing=cfg.label_smoothing)
+        groups, cells = None, []
+        if cfg.group_dro:
+            groups, cells = _dro_groups(train_rows, ranks)
+            criterion = GroupDRO(criterion, len(cells), cfg.group_dro).to(device)
         augment = BatchAugment(cfg.augment, cfg.image_size)
         sampling_weights = _sampling_weights(train_rows, cfg)
         state = _State()
@@ -384,7 +401,7 @@ def train_model(
             preprocess=cfg.input,
         )
         if resuming:
-            _restore(last_path, meta, model, optimizer, scheduler, state)
+            _restore(last_path, meta, model, optimizer, scheduler, state, criterion)
 
         live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) if ranks.is_main else None
         with live if live is not None else contextlib.nullcontext():
@@ -405,6 +422,7 @@ def train_model(
                     state.epoch,
                     ranks,
                     sampling_weights,
+                    groups,
                 )
                 train_seconds += time.perf_counter() - tick
                 train_images_seen += seen
@@ -435,7 +453,11 @@ def train_model(
                     last_path,
                     model,
                     **meta,
-                    extra={"epoch": state.epoch, **epoch_metrics, **_resume_state(optimizer, scheduler, state)},
+                    extra={
+                        "epoch": state.epoch,
+                        **epoch_metrics,
+                        **_resume_state(optimizer, scheduler, state, criterion),
+                    },
                 )
                 live.next_step()
             summary = {
@@ -451,6 +473,9 @@ def train_model(
                 "cache_seconds": round(cache_seconds, 2),
                 "wall_seconds": round(time.perf_counter() - started, 2),
             }
+            if cells:  # where group DRO's weights ended: which (source, label) cells it leant towards
+                final = zip(cells, criterion.q.tolist(), strict=True)
+                summary["group_dro_weights"] = {f"{source}/{label}": round(q, 4) for (source, label), q in final}
             summary["environment"] = environment_fingerprint(
                 str(device), torch.get_num_threads() if device.type == "cpu" else 0
             )
@@ -470,12 +495,14 @@ OPT_IN_SWITCHES = {
     "cpu_bf16": TrainConfig().cpu_bf16,
     "sampling": TrainConfig().sampling,
     "mixstyle": TrainConfig().mixstyle,
+    "group_dro": TrainConfig().group_dro,
     "input": TrainConfig().input.model_dump(mode="json"),
     "augment": {
         key: getattr(AugmentConfig(), key) for key in ("gamma", "bias_field", "downsample_min", "jpeg_quality_min")
     },
 }
-"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.mixstyle``, ``train.input``, scanner
+"""The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.mixstyle``, ``train.group_dro``,
+``train.input``, scanner
 augmentations). At their off defaults they are left out of the params a checkpoint records, so a default run writes
 the same checkpoint bytes as before they existed."""
 
@@ -483,7 +510,7 @@ the same checkpoint bytes as before they existed."""
 def recorded_params(cfg: TrainConfig) -> dict:
     """The train params a checkpoint records: all but ``resume``, without the opt-in switches that are off."""
     params = cfg.model_dump(mode="json", exclude={"resume"})
-    for key in ("cpu_bf16", "sampling", "mixstyle", "input"):
+    for key in ("cpu_bf16", "sampling", "mixstyle", "group_dro", "input"):
         if params[key] == OPT_IN_SWITCHES[key]:
             del params[key]
     for key, off in OPT_IN_SWITCHES["augment"].items():
@@ -503,19 +530,38 @@ def _stop_early(state: _State, cfg: TrainConfig) -> bool:
 
 
 def _resume_state(
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, state: _State
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, state: _State, criterion: nn.Module
 ) -> dict:
-    """Everything beyond the weights that a resumed run needs to continue bit-for-bit (the CPU RNG drives dropout)."""
-    return {
+    """Everything beyond the weights that a resumed run needs to continue bit-for-bit (the CPU RNG drives dropout;
+    group DRO's weights, when on, steer the loss)."""
+    resume = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "state": state.as_dict(),
         "torch_rng": torch.get_rng_state(),
     }
+    if isinstance(criterion, GroupDRO):
+        resume["criterion"] = criterion.state_dict()
+    return resume
+
+
+def _dro_groups(train_rows: pd.DataFrame, ranks: Dist) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Each train row's (source, label) cell for group DRO, and the cells; a clear error where it cannot run."""
+    if "source" not in train_rows.columns:
+        raise ValueError("train.group_dro needs a source column in the split table")
+    if ranks.world_size > 1:
+        raise ValueError("train.group_dro runs in one process only (its weights would differ by rank); set it to 0")
+    return group_indices(train_rows["source"].tolist(), train_rows["label"].tolist())
 
 
 def _restore(
-    path: Path, meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, state: _State
+    path: Path,
+    meta: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: _State,
+    criterion: nn.Module,
 ) -> None:
     """Load ``last.pt`` into the fresh objects; refuse one from other params, data or classes (it would not be a
     resume)."""
@@ -530,3 +576,5 @@ def _restore(
     scheduler.load_state_dict(extra["scheduler"])
     vars(state).update(extra["state"])
     torch.set_rng_state(extra["torch_rng"])
+    if "criterion" in extra:
+        criterion.load_state_dict(extra["criterion"])
