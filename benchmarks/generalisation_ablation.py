@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import time
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -42,6 +43,7 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 from brainmri.config import CLASSES, TrainConfig, load_config
+from brainmri.core.portable import cpu_info
 
 SCANNER_AUGMENT = {
     "augment.gamma": 0.4,
@@ -110,6 +112,12 @@ CONFIGS: dict[str, dict] = {
     "group_dro": {"group_dro": 0.01},
 }
 """Every configuration tried, in the order tried (the README says how many there were)."""
+
+
+def trained_on() -> str:
+    """The CPU a row was trained on, in words: native kernels differ by CPU, so rows are compared per CPU."""
+    model, flags = cpu_info()
+    return f"{model}, {os.cpu_count()} cores ({', '.join(flags) or 'no AVX2'})"
 
 
 def apply_overrides(base: TrainConfig, overrides: dict) -> TrainConfig:
@@ -392,6 +400,7 @@ def main() -> None:
             "train_images": int((training["split"] == "train").sum()),
             **score(work / "model.pt", table, external),
             "train_minutes": minutes,
+            "cpu": previous.get("cpu") if args.score_only else trained_on(),
         }
         print(key, json.dumps(document["results"][key]), flush=True)
         if args.out:
