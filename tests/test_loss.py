@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -209,3 +210,11 @@ def test_training_learns_from_unknown_type_tumours(tmp_path):
     p_tumour = 1 - torch.softmax(torch.from_numpy(logits), dim=1)[:, NO_TUMOUR].numpy()
     labels = val["label"].to_numpy()
     assert p_tumour[labels == "tumor_unknown"].mean() > p_tumour[labels == "no_tumor"].mean() + 0.2
+
+
+def test_group_dro_refuses_several_processes():
+    """Under torchrun each rank would move its own weights: one clear error instead of silently diverging ranks."""
+    rows = pd.DataFrame({"source": ["a", "b"], "label": ["glioma", "no_tumor"]})
+    assert train._dro_groups(rows, SimpleNamespace(world_size=1))[1] == [("a", "glioma"), ("b", "no_tumor")]
+    with pytest.raises(ValueError, match="one process"):
+        train._dro_groups(rows, SimpleNamespace(world_size=2))
