@@ -502,9 +502,8 @@ OPT_IN_SWITCHES = {
     },
 }
 """The issue-12 switches (``train.cpu_bf16``, ``train.sampling``, ``train.mixstyle``, ``train.group_dro``,
-``train.input``, scanner
-augmentations). At their off defaults they are left out of the params a checkpoint records, so a default run writes
-the same checkpoint bytes as before they existed."""
+``train.input``, scanner augmentations). At their off defaults they are left out of the params a checkpoint
+records, so a default run writes the same checkpoint bytes as before they existed."""
 
 
 def recorded_params(cfg: TrainConfig) -> dict:
