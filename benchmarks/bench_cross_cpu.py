@@ -29,7 +29,12 @@ from pathlib import Path
 
 from brainmri.core.portable import OPT_OUT, PINNED_ENV
 
-AVX2_ONLY_CPU = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+AVX2_ONLY_CPU = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "DNNL_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+}
 """What a CPU without AVX-512 (e.g. Zen 2, Haswell-Broadwell Xeon) would run, as far as the libraries let us say so."""
 
 VARIANTS: list[tuple[str, bool, dict[str, str], int, bool]] = [

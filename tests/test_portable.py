@@ -1,4 +1,4 @@
-"""The pinned CPU kernels: set by the train and evaluate stages before torch loads, and the bytes they buy."""
+"""The pinned CPU kernels: set by every stage before numpy or torch loads, and the bytes they buy."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ SPY = """
 import json, os, runpy, sys
 NAMES = {names!r}
 class Spy:
-    '''Report the pinned variables at the moment torch is first imported, then stop the stage.'''
+    '''Report the pinned variables at the moment numpy or torch is first imported, then stop the stage.'''
     def find_spec(self, name, path=None, target=None):
-        if name == "torch":
+        if name in ("numpy", "torch"):
             print(json.dumps({{n: os.environ.get(n) for n in NAMES}}), flush=True)
             os._exit(0)
 sys.meta_path.insert(0, Spy())
@@ -49,8 +49,8 @@ def _env_when_torch_loads(stage: str, **extra: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("stage", ["train", "evaluate"])
-def test_stage_pins_the_kernels_before_torch_loads(stage):
+@pytest.mark.parametrize("stage", ["fetch", "merge", "dedup", "split", "train", "evaluate"])
+def test_stage_pins_the_kernels_before_numpy_or_torch_loads(stage):
     assert _env_when_torch_loads(stage) == PINNED_ENV
 
 
@@ -58,21 +58,49 @@ def test_native_opt_out_leaves_the_environment_alone():
     assert _env_when_torch_loads("train", **{OPT_OUT: "1"}) == dict.fromkeys(PINNED_ENV)
 
 
-def test_pinning_after_torch_loaded_is_refused(monkeypatch):
+def test_pinning_after_numpy_or_torch_loaded_is_refused(monkeypatch):
     import torch  # noqa: F401  (loaded, as in any test process)
 
     for name in PINNED_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv(OPT_OUT, raising=False)
-    with pytest.raises(RuntimeError, match="before torch is imported"):
+    with pytest.raises(RuntimeError, match=r"before numpy and torch are imported \(numpy, torch already is"):
         pin_cpu_kernels()
     assert not any(name in os.environ for name in PINNED_ENV)
+
+
+NUMPY_CHILD = """
+import json, numpy
+from numpy._core._multiarray_umath import __cpu_features__ as features
+from brainmri.core.portable import numpy_simd_level
+print(json.dumps({"avx2": features["AVX2"], "loops": numpy_simd_level(), "x86_v4": features["X86_V4"]}))
+"""
+
+
+def test_pinned_numpy_runs_its_avx2_loops_on_every_cpu_with_avx2():
+    """numpy's ufunc loops differ in the last bit by CPU level (float32 exp, log, sin, cos), and the demo phantoms
+    are rendered with them: pinned, a CPU with AVX-512 runs the AVX2 (X86_V3) loops like one without."""
+    result = subprocess.run(
+        [sys.executable, "-c", NUMPY_CHILD],
+        cwd=ROOT,
+        env=_clean_environment(**PINNED_ENV),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    seen = json.loads(result.stdout)
+    assert seen["x86_v4"] is False
+    if not seen["avx2"]:
+        pytest.skip("this CPU has no AVX2: numpy's baseline loops, not the pinned ones")
+    assert seen["loops"] == "X86_V3"
 
 
 def test_fingerprint_separates_what_decides_the_bytes_from_the_machine():
     fingerprint = environment_fingerprint("cpu", 2)
     kernels, machine = fingerprint["kernels"], fingerprint["machine"]
     assert kernels["threads"] == 2 and kernels["device"] == "cpu"
+    assert kernels["numpy_simd"].startswith("X86_") or kernels["numpy_simd"] == "baseline"
     assert kernels["portable"] is False  # this test process was not pinned
     assert "cpu" not in kernels and machine["cpu"]  # the CPU model stays out of the committed part
     json.dumps(fingerprint)  # written as JSON

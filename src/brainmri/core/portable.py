@@ -12,8 +12,17 @@ the params (``train.num_threads``), not taken from the machine.
 these variables once, when they load), the environment that sends every
 x86-64 CPU with AVX2 and FMA (Intel since Haswell, 2013; AMD since Zen, 2017)
 down the same AVX2 path: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL
-in conditional-numerical-reproducibility mode on its COMPATIBLE branch, and
-numpy's OpenBLAS on its Haswell kernels.
+in conditional-numerical-reproducibility mode on its COMPATIBLE branch,
+numpy's OpenBLAS on its Haswell kernels, and numpy's own universal functions
+on their AVX2 (``X86_V3``) loops.
+
+numpy picks a ufunc's loop by CPU too, and the loops differ in the last bit:
+float32 ``exp``, ``log``, ``sin``, ``cos`` and float64 ``tanh`` give other
+bytes on its baseline (``X86_V2``) loops than on its AVX2 ones, and its
+AVX-512 (``X86_V4``) loops are other code again. The demo phantoms are
+rendered with them, so unpinned, an AVX2-only AMD EPYC wrote other demo
+archives than the AVX-512 Intel Xeon that made the lock (seen 2026-12-07:
+``build/raw`` differed, and so did every stage after it).
 
 MKL's branch is COMPATIBLE (SSE2 without approximation instructions), not
 AVX2: MKL honours its ISA branches (AVX2, AVX512) on Intel CPUs only, and on
@@ -30,8 +39,8 @@ covered: cuDNN and bf16 autocast differ by GPU model by design.
 ``BRAINMRI_NATIVE_CPU=1`` opts out (each CPU's fastest kernels; results then
 belong to that CPU).
 
-Every stage script calls it first (numpy's OpenBLAS matters to merge, dedup
-and split too), so this module must import neither numpy nor torch.
+Every stage script calls it first (numpy matters to fetch, merge, dedup and
+split too), so this module must import neither numpy nor torch.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ PINNED_ENV = {
     "DNNL_MAX_CPU_ISA": "AVX2",
     "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
 }
 """The variables, and the values every machine gets (documented in the README)."""
 
@@ -53,13 +63,17 @@ OPT_OUT = "BRAINMRI_NATIVE_CPU"
 def pin_cpu_kernels() -> bool:
     """Set ``PINNED_ENV`` for this process and its children unless opted out; True when pinned.
 
-    Refuses to run after torch was imported, since the pin would then be
-    silently ignored for this process.
+    Refuses to run after numpy or torch was imported, since the pin would then
+    be silently ignored for this process.
     """
     if os.environ.get(OPT_OUT) == "1":
         return False
-    if "torch" in sys.modules:
-        raise RuntimeError("pin_cpu_kernels() must run before torch is imported (it reads these variables on load)")
+    loaded = sorted({"numpy", "torch"} & set(sys.modules))
+    if loaded:
+        raise RuntimeError(
+            f"pin_cpu_kernels() must run before numpy and torch are imported ({', '.join(loaded)} already is:"
+            " they read these variables on load)"
+        )
     os.environ.update(PINNED_ENV)
     return True
 
@@ -114,6 +128,13 @@ def _library_versions(torch_config: str) -> dict[str, str]:
     return found
 
 
+def numpy_simd_level() -> str:
+    """The highest x86 level whose loops numpy's ufuncs run in this process (``X86_V3`` where pinned on AVX2)."""
+    from numpy._core._multiarray_umath import __cpu_features__ as features
+
+    return next((level for level in ("X86_V4", "X86_V3", "X86_V2") if features.get(level)), "baseline")
+
+
 def environment_fingerprint(device: str, threads: int) -> dict:
     """Where a training result came from, in two parts.
 
@@ -131,13 +152,15 @@ def environment_fingerprint(device: str, threads: int) -> dict:
     import torch
 
     capability = torch.backends.cpu.get_cpu_capability()
+    numpy_loops = numpy_simd_level()
     kernels = {
         "device": device,
         "threads": threads,
         "torch": str(torch.__version__),  # a plain str: TorchVersion does not unpickle with weights_only
         "aten_capability": capability,
+        "numpy_simd": numpy_loops,
         **{name.lower(): os.environ.get(name, "unset") for name in PINNED_ENV},
-        "portable": device == "cpu" and is_pinned() and capability == "AVX2",
+        "portable": device == "cpu" and is_pinned() and capability == "AVX2" and numpy_loops == "X86_V3",
     }
     model, flags = cpu_info()
     machine = {
