@@ -34,12 +34,12 @@ def _clean_environment(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def _env_when_torch_loads(stage: str, **extra: str) -> dict:
-    code = SPY.format(names=sorted(PINNED_ENV), stage=f"stages/{stage}.py")
+def _last_json_line(code: str, **env: str) -> dict:
+    """Run ``code`` in a fresh Python with this environment (pinned variables removed, ``env`` added)."""
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
-        env=_clean_environment(**extra),
+        env=_clean_environment(**env),
         capture_output=True,
         text=True,
         check=False,
@@ -49,13 +49,17 @@ def _env_when_torch_loads(stage: str, **extra: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _env_when_numpy_or_torch_loads(stage: str, **extra: str) -> dict:
+    return _last_json_line(SPY.format(names=sorted(PINNED_ENV), stage=f"stages/{stage}.py"), **extra)
+
+
 @pytest.mark.parametrize("stage", ["fetch", "merge", "dedup", "split", "train", "evaluate"])
 def test_stage_pins_the_kernels_before_numpy_or_torch_loads(stage):
-    assert _env_when_torch_loads(stage) == PINNED_ENV
+    assert _env_when_numpy_or_torch_loads(stage) == PINNED_ENV
 
 
 def test_native_opt_out_leaves_the_environment_alone():
-    assert _env_when_torch_loads("train", **{OPT_OUT: "1"}) == dict.fromkeys(PINNED_ENV)
+    assert _env_when_numpy_or_torch_loads("train", **{OPT_OUT: "1"}) == dict.fromkeys(PINNED_ENV)
 
 
 def test_pinning_after_numpy_or_torch_loaded_is_refused(monkeypatch):
@@ -80,16 +84,7 @@ print(json.dumps({"avx2": features["AVX2"], "loops": numpy_simd_level(), "x86_v4
 def test_pinned_numpy_runs_its_avx2_loops_on_every_cpu_with_avx2():
     """numpy's ufunc loops differ in the last bit by CPU level (float32 exp, log, sin, cos), and the demo phantoms
     are rendered with them: pinned, a CPU with AVX-512 runs the AVX2 (X86_V3) loops like one without."""
-    result = subprocess.run(
-        [sys.executable, "-c", NUMPY_CHILD],
-        cwd=ROOT,
-        env=_clean_environment(**PINNED_ENV),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    seen = json.loads(result.stdout)
+    seen = _last_json_line(NUMPY_CHILD, **PINNED_ENV)
     assert seen["x86_v4"] is False
     if not seen["avx2"]:
         pytest.skip("this CPU has no AVX2: numpy's baseline loops, not the pinned ones")
