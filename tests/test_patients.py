@@ -170,3 +170,106 @@ def test_a_label_column_without_its_map_is_refused_by_config():
         PatientTable(name="p.csv", label="label")
     with pytest.raises(ValueError, match="unknown label"):
         PatientTable(name="p.csv", label="label", labels={"1": "tumor_unknown"})
+
+
+# A TCGA-like set: the patient table is a member of the archive itself, keyed by full file name
+TCGA_ROWS = [("tumour", "A_1.jpg", "A"), ("no_tumour", "A_2.jpg", "A"), ("tumour", "B_1.jpg", "B")]
+TCGA_ROWS += [("no_tumour", "C_1.jpg", "C"), ("tumour", "D_1.jpg", "D"), ("no_tumour", "D_2.jpg", "D")]
+
+
+def tcga_like_source(**subset) -> SourceConfig:
+    return SourceConfig(
+        format="image_folder",
+        files=[{"name": "tcga.zip"}],
+        labels={"tumour": "glioma", "no_tumour": "no_tumor"},
+        patients={
+            "name": "tcga.zip",
+            "member": "slices.csv",
+            "key": "file",
+            "id": "patient",
+            "label": "label",
+            "labels": {"tumour": "glioma", "no_tumour": "no_tumor"},
+            **({"subset": subset} if subset else {}),
+        },
+    )
+
+
+def tcga_like_zip(path, extra=()):
+    table = "label,file,patient\n" + "".join(f"{label},{name},{patient}\n" for label, name, patient in TCGA_ROWS)
+    members = [(f"tcga/{label}/{name}", jpeg(k)) for k, (label, name, _) in enumerate(TCGA_ROWS)]
+    return write_zip(path, [*members, *extra, ("tcga/slices.csv", table.encode())])
+
+
+def test_a_table_inside_the_archive_is_fetched_once_and_a_subset_keeps_every_other_patient(tmp_path):
+    """TCGA trains on patients A and C (sorted positions 0, 2); B and D, and an image no row names, are left out."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    tcga_like_zip(mirror / "tcga.zip", extra=[("tcga/tumour/E_1.jpg", jpeg(99))])
+    source = tcga_like_source(every=2, keep=0)
+    cfg = FetchConfig(data_dir=tmp_path / "data", mirrors=[mirror], out_dir=tmp_path / "raw")
+    fetch_sources({"tcga": source}, cfg, SyntheticConfig())
+    assert sorted(p.name for p in (cfg.out_dir / "tcga").iterdir()) == ["tcga.zip"]
+    assert fetched_archives(cfg.out_dir) == {"tcga": [cfg.out_dir / "tcga" / "tcga.zip"]}
+    assert fetched_patient_tables(cfg.out_dir) == {"tcga": cfg.out_dir / "tcga" / "tcga.zip"}
+
+    out = tmp_path / "merged"
+    report = merge_sources(
+        fetched_archives(cfg.out_dir),
+        {"tcga": source},
+        MergeConfig(out_dir=out, min_side=8),
+        workers=1,
+        patient_tables=fetched_patient_tables(cfg.out_dir),
+    )
+    with (out / "manifest.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["original_path"].rsplit("/", 1)[1], r["patient_id"], r["label"]) for r in rows} == {
+        ("A_1.jpg", "A", "glioma"),
+        ("A_2.jpg", "A", "no_tumor"),
+        ("C_1.jpg", "C", "no_tumor"),
+    }
+    counts = report.sources["tcga"]
+    assert (counts.members, counts.images, counts.outside_patient_subset, counts.without_patient_id) == (8, 3, 4, 0)
+    assert sum(counts.non_image.values()) == 1  # slices.csv, the eighth member
+    assert sorted(p.name for p in (out / "images" / "tcga").iterdir()) == sorted(f"{r['image_id']}.png" for r in rows)
+
+
+def test_the_two_halves_of_a_set_share_no_patient_and_cover_all(tmp_path):
+    """The training source (keep 0) and the external set (keep 1) split the table's patients between them."""
+    from brainmri.config import ExternalPatients, ExternalSetConfig, PatientSubset
+    from brainmri.evaluation.external import read_external
+
+    path = tcga_like_zip(tmp_path / "tcga.zip")
+    labels = {"tumour": "tumor_unknown", "no_tumour": "no_tumor"}
+    halves = []
+    for keep in (0, 1):
+        subset = PatientSubset(every=2, keep=keep)
+        spec = ExternalSetConfig(name="t", path=path, labels=labels, patients=ExternalPatients(subset=subset))
+        data = read_external(spec)
+        halves.append(set(data.rows["patient"]))
+        assert data.counts["outside_patient_subset"] == len(TCGA_ROWS) - len(data.rows)
+    assert halves == [{"A", "C"}, {"B", "D"}]
+
+
+def test_a_subset_or_a_member_table_that_cannot_work_is_refused_by_config():
+    from brainmri.config import PatientSubset
+
+    with pytest.raises(ValueError, match=r"keep \(2\) must be below every \(2\)"):
+        PatientSubset(every=2, keep=2)
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        PatientSubset(every=1, keep=0)
+    spec = tcga_like_source().patients.model_dump()
+    with pytest.raises(ValueError, match="member 'slices.csv' is read from other.zip, which is not one of the source"):
+        SourceConfig(
+            format="image_folder",
+            files=[{"name": "tcga.zip"}],
+            labels={"tumour": "glioma"},
+            patients={**spec, "name": "other.zip"},
+        )
+
+
+def test_a_missing_member_table_is_one_line(tmp_path):
+    from brainmri.dataset.patients import source_patient_table
+
+    path = write_zip(tmp_path / "tcga.zip", [("tcga/tumour/A_1.jpg", jpeg(1))])
+    with pytest.raises(PatientTableError, match=r"tcga.zip: no member 'slices.csv' \(the source's patient table\)"):
+        source_patient_table(path, tcga_like_source().patients)

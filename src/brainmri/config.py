@@ -79,17 +79,45 @@ class SourceFile(_Strict):
     kaggle: str | None = Field(None, description="Kaggle dataset slug, e.g. owner/name")
 
 
+class PatientSubset(_Strict):
+    """A fixed share of a set's patients: the sorted patient ids of its table at positions ``keep``,
+    ``keep + every``, ``keep + 2 * every``, ...
+
+    Why: one set can then feed training and external validation without
+    sharing a patient, the way anyone can rerun it (TCGA-LGG: ``{every: 2,
+    keep: 0}`` as a training source, ``{every: 2, keep: 1}`` as the external
+    set).
+    """
+
+    every: int = Field(ge=2)
+    keep: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _keep_below_every(self) -> "PatientSubset":
+        if self.keep >= self.every:
+            raise ValueError(f"patient subset: keep ({self.keep}) must be below every ({self.every})")
+        return self
+
+    def select(self, patient_ids: object) -> set[str]:
+        """The ids this subset keeps out of all the table's ``patient_ids`` (any iterable, repeats allowed)."""
+        return set(sorted(set(patient_ids))[self.keep :: self.every])
+
+
 class PatientTable(SourceFile):
     """A CSV that gives each image of a source its patient, for sources whose files carry no patient id.
 
-    Fetched like the source's archives (``name`` and checksum). An image
-    matches the row whose ``key`` column equals its file name's stem (the
+    Fetched like the source's archives (``name`` and checksum), or, with
+    ``member``, read from inside the source's own archive ``name`` (TCGA's
+    ``slices.csv``). An image matches the row whose ``key`` column equals its
+    file name (``TCGA_CS_4941_19960909_2.jpg``) or its file name's stem (the
     figshare JPEG ``2/1234.jpg`` is row ``number == 1234``); ``id`` is the
     patient column. ``label``, when set, is a column checked against the
     image's folder label through ``labels`` (the table's values → class), so
     a table for another numbering fails loudly instead of mislabelling
     patients. ``fold`` names a column of predefined patient folds (the
     original release's cross-validation), offered to the split stage.
+    ``subset`` keeps only some of the table's patients: the source's other
+    images (and any without a patient) are left out by the merge and counted.
     """
 
     key: str = "number"
@@ -97,6 +125,8 @@ class PatientTable(SourceFile):
     label: str | None = None
     labels: dict[str, str] = {}
     fold: str | None = None
+    member: str | None = None
+    subset: PatientSubset | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -168,6 +198,15 @@ class SourceConfig(_Strict):
         if not value:
             raise ValueError("a source needs at least one file")
         return value
+
+    @model_validator(mode="after")
+    def _member_of_an_archive(self) -> "SourceConfig":
+        table = self.patients
+        if table is not None and table.member is not None and table.name not in {f.name for f in self.files}:
+            raise ValueError(
+                f"patients: member {table.member!r} is read from {table.name}, which is not one of the source's files"
+            )
+        return self
 
 
 class FetchConfig(_Strict):
@@ -425,11 +464,14 @@ class ExternalPatients(_Strict):
     folder, at any depth, e.g. ``slices.csv`` finds ``tcga/slices.csv``),
     then beside it. A row's file names an image by its path inside the set
     or by its last components (a bare file name is enough when unique).
+    ``subset`` scores only some of the table's patients (the half a training
+    source does not hold); the other images are counted, not scored.
     """
 
     table: str = "slices.csv"
     file_column: str = "file"
     patient_column: str = "patient"
+    subset: PatientSubset | None = None
 
 
 class ExternalSetConfig(_Strict):

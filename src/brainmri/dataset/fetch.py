@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..config import FetchConfig, SourceConfig, SourceFile, SyntheticConfig
@@ -134,11 +134,16 @@ def fetch_sources(sources: dict[str, SourceConfig], cfg: FetchConfig, synthetic:
         from ..synthetic.archives import write_demo_archives
 
         synthetic_files = write_demo_archives(cfg.out_dir / "_synthetic", synthetic)
-    fetched = [
-        fetch_file(name, source, spec, cfg, synthetic_files)
-        for name, source in sources.items()
-        for spec in [*source.files, *([source.patients] if source.patients else [])]
-    ]
+    fetched = []
+    for name, source in sources.items():
+        archives = [fetch_file(name, source, spec, cfg, synthetic_files) for spec in source.files]
+        fetched += archives
+        if source.patients is not None and source.patients.member is not None:
+            # the table is inside one of the source's archives: record that archive again, in its patients role
+            archive = next(record for record in archives if record.name == source.patients.name)
+            fetched.append(replace(archive, role="patients"))
+        elif source.patients is not None:
+            fetched.append(fetch_file(name, source, source.patients, cfg, synthetic_files))
     truth = cfg.out_dir / "_synthetic" / "demo_truth.json"
     if truth.exists():
         truth.replace(cfg.out_dir / "demo_truth.json")

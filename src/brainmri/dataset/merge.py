@@ -55,7 +55,7 @@ from tqdm import tqdm
 from ..config import MergeConfig, SourceConfig
 from ..core.imaging import encode_png, pixel_sha256
 from ..errors import UserError
-from .patients import attach_patients
+from .patients import attach_patients, outside_subset
 from .sources import BadArchive, MemberTask, Rejected, SafeZip, Skipped, SourceImage, load_member, plan_archive
 
 MANIFEST_COLUMNS = (
@@ -92,20 +92,22 @@ def reject_category(reason: str) -> str:
 @dataclass
 class SourceCounts:
     """What happened to one source's members:
-    ``images + rejected + sum(non_image) == members + unreadable_archives``."""
+    ``images + outside_patient_subset + rejected + sum(non_image) == members + unreadable_archives``."""
 
     archives: int = 0
     unreadable_archives: int = 0
     members: int = 0
     images: int = 0
     without_patient_id: int = 0
+    outside_patient_subset: int = 0
     rejected: int = 0
     non_image: dict[str, int] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
     reject_reasons: dict[str, int] = field(default_factory=dict)
 
     def accounted(self) -> bool:
-        return self.images + self.rejected + sum(self.non_image.values()) == self.members + self.unreadable_archives
+        left_out = self.outside_patient_subset + self.rejected + sum(self.non_image.values())
+        return self.images + left_out == self.members + self.unreadable_archives
 
 
 @dataclass
@@ -194,11 +196,24 @@ def _merge_into(
     for source, table in sorted(patient_tables.items()):
         if source in archives:
             attach_patients(rows, source, table, sources[source].patients)
+            left_out = outside_subset(rows, source, table, sources[source].patients)
+            _unstage(left_out, staging, cfg.out_dir)
+            counts[source].outside_patient_subset = len(left_out)
+            dropped = {row["image_id"] for row in left_out}
+            rows = [row for row in rows if row["image_id"] not in dropped]
     rows.sort(key=lambda row: (row["source"], row["original_path"]))
     rejects.sort(key=lambda r: (r.source, r.original_path, r.reason))
     _write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, rows)
     _write_csv(staging / "rejects.csv", REJECT_COLUMNS, [asdict(r) for r in rejects])
     return _report(counts, rows, rejects, 0.0)
+
+
+def _unstage(rows: list[dict[str, str]], staging: Path, out_dir: Path) -> None:
+    """Delete the staged image and mask files of ``rows`` (their manifest paths name ``out_dir``, not ``staging``)."""
+    for row in rows:
+        for column in ("path", "mask_path"):
+            if row[column]:
+                (staging / Path(row[column]).relative_to(out_dir.as_posix())).unlink()
 
 
 def _replace_folder(new: Path, target: Path) -> None:

@@ -16,7 +16,11 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from ..config import CLASSES, PatientTable
+from ..core.safe_zip import BadArchive, Member, MemberError, SafeZip
 from ..errors import UserError
+
+MAX_TABLE_BYTES = 64 * 1024 * 1024
+"""A patient table read from inside an archive is refused above this size (a table of a million slices is ~50 MB)."""
 
 
 class PatientTableError(UserError, ValueError):
@@ -67,18 +71,51 @@ def read_patient_table(path: Path | str, spec: PatientTable, data: bytes | None 
     return table
 
 
+def table_in_zip(path: Path, table: str) -> tuple[str, bytes] | None:
+    """``(name, bytes)`` of the one member of zip ``path`` called ``table`` (at any depth), None if there is none.
+
+    Several matches are an error: which table was meant would be a guess.
+    """
+    try:
+        with SafeZip(path, MAX_TABLE_BYTES) as archive:
+            found = [
+                m
+                for m in archive.members()
+                if isinstance(m, Member) and not m.is_dir and (m.name == table or m.name.endswith("/" + table))
+            ]
+            if len(found) > 1:
+                raise PatientTableError(
+                    f"{path}: several members match the patient table {table!r}: "
+                    + ", ".join(m.name for m in found[:3])
+                )
+            return (f"{path}/{found[0].name}", archive.read(found[0].index)) if found else None
+    except (BadArchive, MemberError) as error:
+        raise PatientTableError(f"{path}: patient table {table!r} cannot be read: {error}") from None
+
+
+def source_patient_table(path: Path, spec: PatientTable) -> pd.DataFrame:
+    """A source's fetched table (``path``), or with ``spec.member`` that member of the fetched archive ``path``."""
+    if spec.member is None:
+        return read_patient_table(path, spec)
+    found = table_in_zip(path, spec.member)
+    if found is None:
+        raise PatientTableError(f"{path}: no member {spec.member!r} (the source's patient table)")
+    return read_patient_table(found[0], spec, found[1])
+
+
 def attach_patients(rows: list[dict[str, str]], source: str, path: Path, spec: PatientTable) -> None:
     """Fill ``patient_id`` and ``patient_fold`` of ``source``'s manifest rows from its table, in place.
 
     Images the table does not list keep an empty id (the merge report counts
     them); a listed image whose folder label disagrees with the table's is an
-    error, not a guess.
+    error, not a guess. A row is matched by its file name, else by the name's stem.
     """
-    table = read_patient_table(path, spec)
+    table = source_patient_table(path, spec)
     for row in rows:
         if row["source"] != source:
             continue
-        key = PurePosixPath(row["original_path"]).stem
+        original = PurePosixPath(row["original_path"])
+        key = original.name if original.name in table.index else original.stem
         if key not in table.index:
             continue
         entry = table.loc[key]
@@ -89,3 +126,15 @@ def attach_patients(rows: list[dict[str, str]], source: str, path: Path, spec: P
             )
         row["patient_id"] = entry["patient_id"]
         row["patient_fold"] = entry["fold"]
+
+
+def outside_subset(rows: list[dict[str, str]], source: str, path: Path, spec: PatientTable) -> list[dict[str, str]]:
+    """The rows of ``source`` that ``spec.subset`` leaves out (patients not kept, or no patient at all).
+
+    The subset is taken over every patient the table names, not only those
+    with an image here, so it does not move when an image is rejected.
+    """
+    if spec.subset is None:
+        return []
+    kept = spec.subset.select(source_patient_table(path, spec)["patient_id"])
+    return [row for row in rows if row["source"] == source and row["patient_id"] not in kept]

@@ -41,9 +41,9 @@ from ..config import ConfigError, DedupConfig, ExternalSetConfig, PatientTable
 from ..core.imaging import BadImage, decode_image
 from ..core.inputs import INPUT_LIMITS, iter_inputs
 from ..core.preprocess import normalise_input
-from ..core.safe_zip import Member, SafeZip
 from ..dataset.fingerprints import Fingerprints, confirmed_pairs, fingerprint
 from ..dataset.patients import read_patient_table as read_table
+from ..dataset.patients import table_in_zip
 from ..model.ood import NOT_MRI, OODCheck
 from .metrics import detection_metrics, present_class_metrics
 
@@ -59,20 +59,6 @@ class ExternalSet:
     counts: dict[str, int]
 
 
-def _zip_table(path: Path, table: str) -> tuple[str, bytes] | None:
-    with SafeZip(path, INPUT_LIMITS.max_member_bytes) as archive:
-        found = [
-            m
-            for m in archive.members()
-            if isinstance(m, Member) and not m.is_dir and (m.name == table or m.name.endswith("/" + table))
-        ]
-        if len(found) > 1:
-            raise ConfigError(
-                f"{path}: several members match the patient table {table!r}: {', '.join(m.name for m in found[:3])}"
-            )
-        return (f"{path}/{found[0].name}", archive.read(found[0].index)) if found else None
-
-
 def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
     """The set's patient table as ``file → patient``: looked for inside the set, then beside it, and checked as
     a source's patient table is (``brainmri.dataset.patients``: a missing cell or a file listed twice is an error)."""
@@ -86,7 +72,7 @@ def read_patient_table(spec: ExternalSetConfig) -> dict[str, str]:
             )
         found = (str(inside[0]), inside[0].read_bytes()) if inside else None
     elif spec.path.suffix.lower() == ".zip":
-        found = _zip_table(spec.path, table)
+        found = table_in_zip(spec.path, table)
     beside = spec.path.parent / table
     if found is None and beside.is_file():
         found = (str(beside), beside.read_bytes())
@@ -111,12 +97,18 @@ def read_external(spec: ExternalSetConfig) -> ExternalSet:
     """An external set's images with labels from the nearest enclosing folder named in ``spec.labels``.
 
     Counts the files that had no mapped folder or could not be decoded, and
-    (with a patient table) the images the table does not name.
+    (with a patient table) the images the table does not name; with a patient
+    subset, the images of the patients it leaves out (and those without a
+    patient) are counted as ``outside_patient_subset`` and not read.
     """
     if not spec.path.exists():
         raise FileNotFoundError(f"external set {spec.name}: {spec.path} not found")
     patients = read_patient_table(spec) if spec.patients else None
+    subset = spec.patients.subset if spec.patients else None
+    kept = subset.select(patients.values()) if subset is not None else None
     rows, images, counts = [], [], Counter(unlabelled=0, unreadable=0)
+    if kept is not None:
+        counts["outside_patient_subset"] = 0
     prefix = len(str(spec.path))
     for name, data, _ in iter_inputs([spec.path]):
         relative = name[prefix:].lstrip("/")
@@ -125,19 +117,16 @@ def read_external(spec: ExternalSetConfig) -> ExternalSet:
         if label is None:
             counts["unlabelled"] += 1
             continue
+        patient = patient_of(relative, patients) if patients else ""
+        if kept is not None and patient not in kept:
+            counts["outside_patient_subset"] += 1
+            continue
         try:
             images.append(decode_image(data or b"", name, INPUT_LIMITS))
         except BadImage:
             counts["unreadable"] += 1
             continue
-        rows.append(
-            {
-                "file": name,
-                "relative": relative,
-                "label": label,
-                "patient": patient_of(relative, patients) if patients else "",
-            }
-        )
+        rows.append({"file": name, "relative": relative, "label": label, "patient": patient})
     frame = pd.DataFrame(rows, columns=["file", "relative", "label", "patient"])
     if patients is not None:
         counts["without_patient"] = int((frame["patient"] == "").sum())
