@@ -42,7 +42,7 @@ import yaml
 from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from brainmri.config import CLASSES, TrainConfig, load_config
+from brainmri.config import CLASSES, PatientSubset, TrainConfig, load_config
 from brainmri.core.portable import cpu_info
 
 SCANNER_AUGMENT = {
@@ -57,6 +57,8 @@ TCGA_TRAIN = "tcga_train_half"
 """The extra-training switch of a configuration: add the TCGA slices of every other patient (sorted ids, even
 positions) to train, as ``glioma`` / ``no_tumor`` of a source ``tcga``; TCGA is then scored on the other half
 only (``tcga_half_*``), which every configuration also reports, so the rows compare."""
+
+TCGA_TRAIN_HALF = PatientSubset(every=2, keep=0)
 
 HEALED_TRAIN = "figshare_contralateral"
 """The extra-training switch: add, as ``no_tumor`` of a source ``figshare_healed``, every train figshare slice
@@ -151,7 +153,8 @@ class External:
                     tumour.append(folder == "tumour")
         self.images, self.tumour = images, np.array(tumour)
         self.patients = np.array([patient_of[PurePosixPath(name).name] for name in self.names])
-        self.train_patients = sorted(set(self.patients))[::2]
+        # the pipeline's TCGA training source (`tcga_lgg_half`, source set `mirror_tcga`) keeps the same half
+        self.train_patients = sorted(TCGA_TRAIN_HALF.select(self.patients))
         self.held_out = ~np.isin(self.patients, self.train_patients)
 
     def training_rows(self, folder: Path) -> pd.DataFrame:

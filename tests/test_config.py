@@ -19,6 +19,30 @@ def test_mirror_set_is_one_switch(params):
     assert all(f.sha256 for source in cfg.active_sources().values() for f in source.files)
 
 
+def test_mirror_tcga_adds_half_of_tcga_and_its_example_external_set_scores_the_other_half(params):
+    """The README's `mirror_tcga` promise: the mirror plus every other TCGA patient (the ablation's half), with the
+    commented-out external set in params.yaml scoring exactly the patients it leaves out."""
+    import re
+
+    import yaml
+
+    from brainmri.config import ExternalSetConfig
+
+    params["fetch"]["source_set"] = "mirror_tcga"
+    cfg = parse_config(params)
+    mirror = params["source_sets"]["mirror"]
+    assert list(cfg.active_sources()) == [*mirror, "tcga_lgg_half"]
+    trained = cfg.sources["tcga_lgg_half"].patients.subset
+    assert (trained.every, trained.keep) == (2, 0)
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    block = re.search(r"  #   - name: tcga_lgg_other_half\n((?:  #     .*\n)+)", text)
+    example = yaml.safe_load("- name: tcga_lgg_other_half\n" + re.sub(r"(?m)^  #   ", "", block.group(1)))[0]
+    scored = ExternalSetConfig(**example).patients.subset
+    ids = [f"TCGA_{k:02d}" for k in range(11)]
+    assert trained.select(ids) | scored.select(ids) == set(ids)
+    assert not trained.select(ids) & scored.select(ids)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
