@@ -195,8 +195,8 @@ def _merge_into(
 
     for source, table in sorted(patient_tables.items()):
         if source in archives:
-            attach_patients(rows, source, table, sources[source].patients)
-            left_out = outside_subset(rows, source, table, sources[source].patients)
+            frame = attach_patients(rows, source, table, sources[source].patients)
+            left_out = outside_subset(rows, source, frame, sources[source].patients.subset)
             _unstage(left_out, staging, cfg.out_dir)
             counts[source].outside_patient_subset = len(left_out)
             dropped = {row["image_id"] for row in left_out}

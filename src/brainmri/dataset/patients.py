@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from ..config import CLASSES, PatientTable
+from ..config import CLASSES, PatientSubset, PatientTable
 from ..core.safe_zip import BadArchive, Member, MemberError, SafeZip
 from ..errors import UserError
 
@@ -103,8 +103,9 @@ def source_patient_table(path: Path, spec: PatientTable) -> pd.DataFrame:
     return read_patient_table(found[0], spec, found[1])
 
 
-def attach_patients(rows: list[dict[str, str]], source: str, path: Path, spec: PatientTable) -> None:
-    """Fill ``patient_id`` and ``patient_fold`` of ``source``'s manifest rows from its table, in place.
+def attach_patients(rows: list[dict[str, str]], source: str, path: Path, spec: PatientTable) -> pd.DataFrame:
+    """Fill ``patient_id`` and ``patient_fold`` of ``source``'s manifest rows from its table, in place, and return
+    the table (for ``outside_subset``).
 
     Images the table does not list keep an empty id (the merge report counts
     them); a listed image whose folder label disagrees with the table's is an
@@ -126,15 +127,18 @@ def attach_patients(rows: list[dict[str, str]], source: str, path: Path, spec: P
             )
         row["patient_id"] = entry["patient_id"]
         row["patient_fold"] = entry["fold"]
+    return table
 
 
-def outside_subset(rows: list[dict[str, str]], source: str, path: Path, spec: PatientTable) -> list[dict[str, str]]:
-    """The rows of ``source`` that ``spec.subset`` leaves out (patients not kept, or no patient at all).
+def outside_subset(
+    rows: list[dict[str, str]], source: str, table: pd.DataFrame, subset: PatientSubset | None
+) -> list[dict[str, str]]:
+    """The rows of ``source`` that ``subset`` leaves out (patients not kept, or no patient at all).
 
-    The subset is taken over every patient the table names, not only those
+    The subset is taken over every patient the ``table`` names, not only those
     with an image here, so it does not move when an image is rejected.
     """
-    if spec.subset is None:
+    if subset is None:
         return []
-    kept = spec.subset.select(source_patient_table(path, spec)["patient_id"])
+    kept = subset.select(table["patient_id"])
     return [row for row in rows if row["source"] == source and row["patient_id"] not in kept]
