@@ -20,7 +20,7 @@ With ``--split`` another split table is used (e.g. one made without ``split.unkn
 holds Br35H ``yes`` images (tumours of unknown type), every configuration but ``no_unknown_tumours`` trains on
 them, and all score them on test.
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
-(``brainmri.dataset.split.holdout_split``: every group touching SOURCE is the test set), and the test numbers are
+(``brainmri.dataset.split.split_column``: every group touching SOURCE is the test set), and the test numbers are
 the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>``
 (``--seed``); a rerun of one key keeps the others. The test split is only scored, never used to choose: choose on
 TCGA and held-out sources.
@@ -309,13 +309,13 @@ def split_table(root: Path, split_csv: Path, holdout: str | None, seed: int) -> 
     if holdout is None:
         return table
     from brainmri.config import SplitConfig
-    from brainmri.dataset.split import holdout_split
+    from brainmri.dataset.split import split_column
 
     if holdout not in set(table["source"]):
         raise SystemExit(f"--holdout {holdout!r}: no such source in build/split/split.csv")
     cfg = load_config(root / "params.yaml").split.model_copy(update={"holdout_source": holdout})
     assert isinstance(cfg, SplitConfig)
-    return table.assign(split=holdout_split(table, cfg, seed))
+    return table.assign(split=split_column(table, cfg, seed))
 
 
 DEFAULT_SPLIT = Path("build/split/split.csv")

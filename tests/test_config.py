@@ -92,6 +92,18 @@ def test_holdout_source_must_be_active(params):
     assert parse_config(params).split.holdout_source == "demo_br35h"
 
 
+def test_train_only_sources_must_be_declared_and_not_held_out(params):
+    params["split"]["train_only_sources"] = ["tcga_lgg_hlaf"]
+    with pytest.raises(ConfigError, match="undeclared source"):
+        parse_config(params)
+    params["split"]["train_only_sources"] = ["tcga_lgg_half"]  # declared, outside the active set: nothing to split
+    assert parse_config(params).split.train_only_sources == ["tcga_lgg_half"]
+    params["split"]["train_only_sources"] = ["demo_br35h"]
+    params["split"]["holdout_source"] = "demo_br35h"
+    with pytest.raises(ConfigError, match="cannot also be"):
+        parse_config(params)
+
+
 def test_params_rewritten_by_dvc_still_load(tmp_path):
     """`dvc exp run -S` rewrites params.yaml in YAML 1.2 with unquoted keys such as `yes:` and `'1':`."""
     text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()

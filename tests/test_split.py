@@ -120,6 +120,33 @@ def test_leave_one_source_out(deduped):
     assert report["sizes"]["val"] > 0 and report["leakage"]["patients_in_several_splits"] == 0
 
 
+def test_train_only_source_goes_to_train_and_leaves_the_others_split_as_without_it(deduped):
+    manifest, prints = deduped
+    table, report = make_split(manifest, prints, DedupConfig(), SplitConfig(train_only_sources=["t"]), seed=3)
+    touching = table.groupby("group")["source"].transform(lambda s: (s == "t").any())
+    assert (table.loc[touching, "split"] == "train").all() and report["train_only_sources"] == ["t"]
+    # without links across sources (similar slices can join an image of s to one of t), the others split as if
+    # t were not there at all
+    within = SplitConfig(group_correlation=None, same_picture_correlation=None)
+    table, _ = make_split(manifest, prints, DedupConfig(), within.model_copy(update={"train_only_sources": ["t"]}), 3)
+    touching = table.groupby("group")["source"].transform(lambda s: (s == "t").any())
+    assert touching.equals(table["source"] == "t") and (table.loc[touching, "split"] == "train").all()
+    without = manifest[manifest["source"] != "t"]
+    alone, _ = make_split(without, prints.subset(without["image_id"]), DedupConfig(), within, seed=3)
+    others = table[~touching].set_index("image_id")["split"]
+    assert len(others) == len(alone) and others.sort_index().equals(alone.set_index("image_id")["split"].sort_index())
+    assert {"val", "test"} <= set(others) and report["leakage"]["patients_in_several_splits"] == 0
+
+
+def test_train_only_source_with_a_held_out_one(deduped):
+    manifest, prints = deduped
+    cfg = SplitConfig(holdout_source="s", train_only_sources=["t"])
+    table, _ = make_split(manifest, prints, DedupConfig(), cfg, seed=3)
+    assert (table.loc[table.source == "s", "split"] == "test").all()
+    t_only = table.groupby("group")["source"].transform(lambda s: set(s) == {"t"})
+    assert (table.loc[t_only, "split"] == "train").all()
+
+
 def test_nearest_neighbour_and_threshold_pairs_on_hand_made_vectors():
     angle = np.deg2rad([0, 10, 80, 90, 200])  # unit vectors: correlation = cos(angle difference)
     vectors = np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)

@@ -301,6 +301,14 @@ class SplitConfig(_Strict):
     holdout_source: str | None = Field(
         None, description="leave-one-source-out: every image of this source is the test set, the rest train/val"
     )
+    train_only_sources: list[str] = Field(
+        default_factory=list,
+        description=(
+            "sources whose images (and every group touching them) all go to train: a source with few patients "
+            "and an external set of its other patients (tcga_lgg_half); the other sources split as without it. "
+            "Sources outside the active source set are allowed (nothing of them to split)"
+        ),
+    )
     unknown_tumours: bool = Field(
         False,
         description=(
@@ -608,6 +616,11 @@ class Config(_Strict):
         holdout = self.split.holdout_source
         if holdout is not None and holdout not in self.source_sets[self.fetch.source_set]:
             raise ValueError(f"split.holdout_source {holdout!r} is not in source set {self.fetch.source_set!r}")
+        undeclared = [n for n in self.split.train_only_sources if n not in self.sources]
+        if undeclared:
+            raise ValueError(f"split.train_only_sources names undeclared source(s) {undeclared}")
+        if holdout is not None and holdout in self.split.train_only_sources:
+            raise ValueError(f"split.holdout_source {holdout!r} cannot also be in split.train_only_sources")
         if self.split.folds == 1:
             raise ValueError("split.folds must be 0 (off) or at least 2")
         if self.split.folds and self.split.table_folds:

@@ -125,17 +125,32 @@ def assign_splits(labels: pd.Series, groups: np.ndarray, ratios: dict[str, float
     return np.array([chosen[g] for g in groups])
 
 
-def holdout_split(table: pd.DataFrame, cfg: SplitConfig, seed: int) -> np.ndarray:
-    """Leave one source out: all its images are ``test``; the others split train/val in the configured ratio.
+def split_column(table: pd.DataFrame, cfg: SplitConfig, seed: int) -> np.ndarray:
+    """The split of each row: held-out and train-only sources first, then the configured ratios for the rest.
 
-    Groups touching the held-out source go to test whole, so nothing of it leaks into training.
+    - ``holdout_source`` (leave one source out): every group touching it is ``test``, and the others split
+      train/val in the configured ratio, so nothing of it leaks into training.
+    - ``train_only_sources``: every group touching one of them is ``train``, the others split in the
+      configured ratios (or train/val, with a held-out source). Their unseen patients, if any, are an
+      external set's job: a source of a few dozen patients gives no readable test numbers of its own.
+
+    The remaining groups keep their relative order, so the other sources split exactly as they would
+    without a train-only source whose groups touch none of theirs (connected-component ids follow row order).
     """
-    held = table["source"].to_numpy() == cfg.holdout_source
-    held_groups = np.isin(table["group"].to_numpy(), table.loc[held, "group"].to_numpy())
-    split = np.full(len(table), "test", dtype=object)
-    rest = ~held_groups
-    ratios = {"train": cfg.train / (cfg.train + cfg.val), "val": cfg.val / (cfg.train + cfg.val), "test": 0.0}
-    split[rest] = assign_splits(table.loc[rest, "label"], table.loc[rest, "group"].to_numpy(), ratios, seed)
+    groups = table["group"].to_numpy()
+    split = np.full(len(table), "", dtype=object)
+    if cfg.holdout_source is not None:
+        held = table["source"].to_numpy() == cfg.holdout_source
+        split[np.isin(groups, groups[held])] = "test"
+    if cfg.train_only_sources:
+        train_only = table["source"].isin(cfg.train_only_sources).to_numpy()
+        split[np.isin(groups, groups[train_only]) & (split == "")] = "train"
+    rest = split == ""
+    if cfg.holdout_source is None:
+        ratios = {s: getattr(cfg, s) for s in SPLITS}
+    else:
+        ratios = {"train": cfg.train / (cfg.train + cfg.val), "val": cfg.val / (cfg.train + cfg.val), "test": 0.0}
+    split[rest] = assign_splits(table.loc[rest, "label"], groups[rest], ratios, seed)
     return split.astype(str)
 
 
@@ -200,11 +215,7 @@ def make_split(
     prints = fingerprints.subset(table["image_id"])
     thumbs = thumbnail_vectors(table["path"].tolist())
     table["group"], links = grouping(table, prints, thumbs, dedup, cfg)
-    if cfg.holdout_source is None:
-        ratios = {s: getattr(cfg, s) for s in SPLITS}
-        table["split"] = assign_splits(table["label"], table["group"].to_numpy(), ratios, seed)
-    else:
-        table["split"] = holdout_split(table, cfg, seed)
+    table["split"] = split_column(table, cfg, seed)
     if cfg.folds:
         table["fold"] = assign_folds(table, cfg.folds, seed)
     elif cfg.table_folds:
@@ -225,6 +236,7 @@ def make_split(
         "images_without_patient": {k: int(v) for k, v in table[~with_patient].groupby("source").size().items()},
         "sizes": {s: int((table["split"] == s).sum()) for s in SPLITS},
         "holdout_source": cfg.holdout_source,
+        "train_only_sources": list(cfg.train_only_sources),
         "folds": {int(k): int(v) for k, v in table["fold"].value_counts().sort_index().items()}
         if "fold" in table
         else {},
