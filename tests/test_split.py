@@ -123,18 +123,16 @@ def test_leave_one_source_out(deduped):
 def test_train_only_source_goes_to_train_and_leaves_the_others_split_as_without_it(deduped):
     manifest, prints = deduped
     table, report = make_split(manifest, prints, DedupConfig(), SplitConfig(train_only_sources=["t"]), seed=3)
+    without = manifest[manifest["source"] != "t"]
+    alone, _ = make_split(without, prints.subset(without["image_id"]), DedupConfig(), SplitConfig(), seed=3)
     touching = table.groupby("group")["source"].transform(lambda s: (s == "t").any())
     assert (table.loc[touching, "split"] == "train").all() and report["train_only_sources"] == ["t"]
-    # without links across sources (similar slices can join an image of s to one of t), the others split as if
-    # t were not there at all
-    within = SplitConfig(group_correlation=None, same_picture_correlation=None)
-    table, _ = make_split(manifest, prints, DedupConfig(), within.model_copy(update={"train_only_sources": ["t"]}), 3)
-    touching = table.groupby("group")["source"].transform(lambda s: (s == "t").any())
-    assert touching.equals(table["source"] == "t") and (table.loc[touching, "split"] == "train").all()
-    without = manifest[manifest["source"] != "t"]
-    alone, _ = make_split(without, prints.subset(without["image_id"]), DedupConfig(), within, seed=3)
-    others = table[~touching].set_index("image_id")["split"]
-    assert len(others) == len(alone) and others.sort_index().equals(alone.set_index("image_id")["split"].sort_index())
+    # similar slices join a few images of s to groups of t: those go to train with them; every other image of s
+    # is where the split without t puts it
+    linked = table[touching & (table["source"] == "s")]
+    assert 0 < len(linked) < 10
+    others = table[~touching].set_index("image_id")["split"].sort_index()
+    assert others.equals(alone.set_index("image_id")["split"].drop(linked["image_id"]).sort_index())
     assert {"val", "test"} <= set(others) and report["leakage"]["patients_in_several_splits"] == 0
 
 

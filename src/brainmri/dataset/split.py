@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..config import CLASSES, EXTRA_LABELS, DedupConfig, SplitConfig
@@ -83,9 +83,9 @@ def _patient_links(patients: pd.Series) -> tuple[list[int], list[int]]:
 
 def grouping(
     table: pd.DataFrame, fingerprints: Fingerprints, thumbs: np.ndarray, dedup: DedupConfig, cfg: SplitConfig
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Group id per row (connected components of the links in the module docstring), and the count of each kind of
-    link."""
+) -> tuple[np.ndarray, dict[str, int], csr_matrix]:
+    """Group id per row (connected components of the links in the module docstring), the count of each kind of
+    link, and the link graph (rows x rows)."""
     n = len(table)
     links: dict[str, tuple] = {}
     if cfg.group_by_patient:
@@ -101,8 +101,9 @@ def grouping(
         links["similar_slice"] = confirmed_pairs(fingerprints, cfg.group_max_hamming, cfg.group_correlation)[:2]
     a = np.concatenate([np.asarray(pair[0], dtype=np.int64) for pair in links.values()] or [np.zeros(0, np.int64)])
     b = np.concatenate([np.asarray(pair[1], dtype=np.int64) for pair in links.values()] or [np.zeros(0, np.int64)])
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
-    return connected_components(graph, directed=False)[1], {kind: len(pair[0]) for kind, pair in links.items()}
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)).tocsr()
+    counts = {kind: len(pair[0]) for kind, pair in links.items()}
+    return connected_components(graph, directed=False)[1], counts, graph
 
 
 def assign_splits(labels: pd.Series, groups: np.ndarray, ratios: dict[str, float], seed: int) -> np.ndarray:
@@ -125,32 +126,34 @@ def assign_splits(labels: pd.Series, groups: np.ndarray, ratios: dict[str, float
     return np.array([chosen[g] for g in groups])
 
 
-def split_column(table: pd.DataFrame, cfg: SplitConfig, seed: int) -> np.ndarray:
-    """The split of each row: held-out and train-only sources first, then the configured ratios for the rest.
+def split_column(table: pd.DataFrame, cfg: SplitConfig, seed: int, graph: csr_matrix | None = None) -> np.ndarray:
+    """The split of each row: a held-out source, the configured ratios for the others, then train-only sources.
 
     - ``holdout_source`` (leave one source out): every group touching it is ``test``, and the others split
       train/val in the configured ratio, so nothing of it leaks into training.
-    - ``train_only_sources``: every group touching one of them is ``train``, the others split in the
-      configured ratios (or train/val, with a held-out source). Their unseen patients, if any, are an
-      external set's job: a source of a few dozen patients gives no readable test numbers of its own.
+    - ``train_only_sources``: the other sources are split first, on the groups their own links make (``graph``,
+      the link graph of ``grouping``, restricted to them), exactly as they would be split without the
+      train-only sources; then every group touching a train-only source goes to ``train``, taking along the
+      few images of other sources linked to it. Their unseen patients, if any, are an external set's job.
 
-    The remaining groups keep their relative order, so the other sources split exactly as they would
-    without a train-only source whose groups touch none of theirs (connected-component ids follow row order).
+    Without ``graph`` the ``group`` column's groups are used (a table read back from split.csv).
     """
     groups = table["group"].to_numpy()
     split = np.full(len(table), "", dtype=object)
     if cfg.holdout_source is not None:
         held = table["source"].to_numpy() == cfg.holdout_source
         split[np.isin(groups, groups[held])] = "test"
-    if cfg.train_only_sources:
-        train_only = table["source"].isin(cfg.train_only_sources).to_numpy()
-        split[np.isin(groups, groups[train_only]) & (split == "")] = "train"
-    rest = split == ""
+    train_only = table["source"].isin(cfg.train_only_sources).to_numpy()
+    own = (split == "") & ~train_only
     if cfg.holdout_source is None:
         ratios = {s: getattr(cfg, s) for s in SPLITS}
     else:
         ratios = {"train": cfg.train / (cfg.train + cfg.val), "val": cfg.val / (cfg.train + cfg.val), "test": 0.0}
-    split[rest] = assign_splits(table.loc[rest, "label"], groups[rest], ratios, seed)
+    rows = np.flatnonzero(own)
+    own_groups = groups[rows] if graph is None else connected_components(graph[rows][:, rows], directed=False)[1]
+    split[rows] = assign_splits(table["label"].iloc[rows], own_groups, ratios, seed)
+    if train_only.any():
+        split[np.isin(groups, groups[train_only]) & (split != "test")] = "train"
     return split.astype(str)
 
 
@@ -214,8 +217,8 @@ def make_split(
     table["patients"] = cluster_patients(dedup_manifest).reindex(table["cluster_id"]).fillna("").to_numpy()
     prints = fingerprints.subset(table["image_id"])
     thumbs = thumbnail_vectors(table["path"].tolist())
-    table["group"], links = grouping(table, prints, thumbs, dedup, cfg)
-    table["split"] = split_column(table, cfg, seed)
+    table["group"], links, graph = grouping(table, prints, thumbs, dedup, cfg)
+    table["split"] = split_column(table, cfg, seed, graph)
     if cfg.folds:
         table["fold"] = assign_folds(table, cfg.folds, seed)
     elif cfg.table_folds:
