@@ -34,6 +34,7 @@ def test_mirror_tcga_adds_half_of_tcga_and_its_example_external_set_scores_the_o
     assert list(cfg.active_sources()) == [*mirror, "tcga_lgg_half"]
     trained = cfg.sources["tcga_lgg_half"].patients.subset
     assert (trained.every, trained.keep) == (2, 0)
+    assert cfg.split.train_only_sources == ["tcga_lgg_half"]  # all 50 patients train; the others split as mirror
     text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
     block = re.search(r"  #   - name: tcga_lgg_other_half\n((?:  #     .*\n)+)", text)
     example = yaml.safe_load("- name: tcga_lgg_other_half\n" + re.sub(r"(?m)^  #   ", "", block.group(1)))[0]
@@ -97,7 +98,7 @@ def test_train_only_sources_must_be_declared_and_not_held_out(params):
     with pytest.raises(ConfigError, match="undeclared source"):
         parse_config(params)
     params["split"]["train_only_sources"] = ["tcga_lgg_half"]  # declared, outside the active set: nothing to split
-    assert parse_config(params).split.train_only_sources == ["tcga_lgg_half"]
+    assert parse_config(params).fetch.source_set == "demo" and parse_config(params).split.train_only_sources
     params["split"]["train_only_sources"] = ["demo_br35h"]
     params["split"]["holdout_source"] = "demo_br35h"
     with pytest.raises(ConfigError, match="cannot also be"):
