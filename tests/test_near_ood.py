@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -58,9 +60,23 @@ def test_packaged_images_hold_real_ct_mri_and_brain_epi():
         and "mri_body" in kinds
         and "ultrasound" in kinds
     )
+    if importlib.util.find_spec("data_store") is not None:  # pydicom-data, a dev extra
+        assert kinds.count("xray") == 2 and kinds.count("mri_body") == 2 and kinds.count("ct_body") == 2
     assert all(image.dtype == np.uint8 and image.ndim == 2 and image.std() > 5 for _, _, image in samples), (
         "decoded, not blank"
     )
     head_ct = {name: image for kind, name, image in samples if kind == "ct_head"}
     brain, bone = head_ct["pydicom:J2K_pixelrep_mismatch.dcm:brain"], head_ct["pydicom:J2K_pixelrep_mismatch.dcm:bone"]
     assert (brain == 255).mean() > (bone == 255).mean(), "a brain window saturates more of the slice than a bone window"
+
+
+def test_radiographs_are_shown_as_a_viewer_shows_them():
+    """pydicom-data's radiographs are MONOCHROME1 (low values white): inverted, so bone is bright, lungs dark."""
+    pytest.importorskip("pydicom")
+    pytest.importorskip("data_store")
+    chest = {name: image for _, name, image in packaged_medical_images()}["pydicom:RG1_UNCR.dcm:auto"]
+    height, width = chest.shape
+    rows = slice(height * 3 // 10, height * 6 // 10)
+    lungs = np.concatenate([chest[rows, width // 5 : width * 3 // 10], chest[rows, width * 7 // 10 : width * 4 // 5]])
+    spine = chest[rows, width * 47 // 100 : width * 53 // 100]
+    assert lungs.mean() + 40 < spine.mean()

@@ -16,11 +16,14 @@ in two ways:
 - **packaged** (``packaged_medical_images``): real images that pip packages
   ship inside their wheels, read where the package is installed (pydicom's
   test files: two head CT slices, a thoracic CT, an abdominal MRI, a 64x64 MR
-  slice of an unstated body part, a nuclear-medicine bone scan, ultrasound frames; nibabel's
+  slice of an unstated body part, a nuclear-medicine bone scan, ultrasound frames;
+  pydicom-data's, the larger test files pydicom keeps in a wheel of their own:
+  a chest and a lower-leg radiograph, a shoulder MRI, an abdominal CT, a brain
+  CT-perfusion map, two more ultrasound frames; nibabel's
   example EPI brain volume, which is brain MRI of a sequence unlike the
   training ones and must *not* be refused). They need the ``dev`` extra
-  (``pydicom``, ``nibabel``); without it the list is empty and the caller
-  says so. ``benchmarks/ood_near.py`` measures the check on both sets.
+  (``pydicom``, ``pydicom-data``, ``nibabel``); without it the list is shorter
+  or empty and the caller says so. ``benchmarks/ood_near.py`` measures the check on both sets.
 
 Each image comes as ``(kind, name, grey uint8 image)``; ``ACCEPTED_KINDS``
 lists the kinds that are brain MRI, whose refusal is a false refusal.
@@ -130,7 +133,8 @@ def near_mri_images(seed: int) -> list[tuple[str, str, np.ndarray]]:
 
 
 PYDICOM_FILES: tuple[tuple[str, str, str], ...] = (
-    # kind, file in pydicom/data/test_files, display: a CT window name, or "auto" (percentile, as for any 16-bit input)
+    # kind, test file (pydicom's wheel, else pydicom-data's), display: a CT window name, or "auto" (percentile,
+    # as for any 16-bit input)
     ("ct_head", "693_J2KI.dcm", "brain"),
     ("ct_head", "693_J2KI.dcm", "bone"),
     ("ct_head", "J2K_pixelrep_mismatch.dcm", "brain"),
@@ -142,8 +146,19 @@ PYDICOM_FILES: tuple[tuple[str, str, str], ...] = (
     ("ultrasound", "examples_palette.dcm", "auto"),
     ("ultrasound", "examples_rgb_color.dcm", "auto"),
     ("ultrasound", "examples_ybr_color.dcm", "auto"),
+    # pydicom-data (MIT; the files' provenance is pydicom's test-file list)
+    ("xray", "RG1_UNCR.dcm", "auto"),  # chest radiograph (CR, MONOCHROME1)
+    ("xray", "RG3_UNCR.dcm", "auto"),  # lower-leg radiograph (CR, MONOCHROME1)
+    ("mri_body", "MR2_UNCR.dcm", "auto"),  # shoulder, spin echo
+    ("ct_body", "explicit_VR-UN.dcm", "soft_tissue"),  # abdomen (pancreas series)
+    ("ct_perfusion_brain", "eCT_Supplemental.dcm", "auto"),  # a derived blood-flow map of a brain CT perfusion
+    ("ultrasound", "US1_UNCR.dcm", "auto"),
+    ("ultrasound", "color-pl.dcm", "auto"),  # transoesophageal echocardiogram
 )
-"""Real images in pydicom's wheel (its ``data/test_files``; provenance in the README.txt beside them)."""
+"""Real images in pydicom's wheel (its ``data/test_files``; provenance in the README.txt beside them) and in
+pydicom-data's. Left out of pydicom-data: other encodings of the same images (``*_J2K*``, ``*_UNCI``), the
+head CT ``693_*`` (pydicom's ``693_J2KI`` above), the abdominal MRI ``MR-SIEMENS-*`` (``examples_overlay``
+above), ``emri_small`` (64x64 crops inside a head, not a slice a user would send) and test patterns."""
 
 SOFT_TISSUE_WINDOW = (40.0, 400.0)
 
@@ -164,6 +179,8 @@ def _dicom_grey(path: Path, display: str) -> np.ndarray:
         pixels = pixels[0]
     if pixels.ndim == 3:  # RGB (pydicom converts YCbCr to RGB)
         return np.asarray(Image.fromarray(pixels.astype(np.uint8)).convert("L"))
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":  # low values white: invert, as any viewer shows it
+        pixels = pixels.max() - pixels
     if display == "auto":
         return int16_to_uint8(pixels)
     hu = pixels * float(getattr(dataset, "RescaleSlope", 1.0)) + float(getattr(dataset, "RescaleIntercept", 0.0))
@@ -180,21 +197,23 @@ def _epi_slices(path: Path) -> list[tuple[str, str, np.ndarray]]:
 
 
 def packaged_medical_images() -> list[tuple[str, str, np.ndarray]]:
-    """Real CT, MRI, nuclear-medicine and ultrasound images shipped inside the pydicom and nibabel wheels.
+    """Real CT, MRI, radiographs, nuclear-medicine and ultrasound images shipped inside the pydicom,
+    pydicom-data and nibabel wheels.
 
     Empty when the packages are not installed (they are ``dev`` extras).
-    A file that a newer release no longer ships is skipped, not an error.
+    A file that a newer release no longer ships, or whose package is not
+    installed, is skipped, not an error; nothing is downloaded.
     """
     samples: list[tuple[str, str, np.ndarray]] = []
     try:
-        import pydicom
+        from pydicom.data import get_testdata_file
     except ImportError:
-        pydicom = None
-    if pydicom is not None:
-        folder = Path(pydicom.__file__).parent / "data" / "test_files"
+        get_testdata_file = None
+    if get_testdata_file is not None:
         for kind, name, display in PYDICOM_FILES:
-            if (folder / name).exists():
-                samples.append((kind, f"pydicom:{name}:{display}", _dicom_grey(folder / name, display)))
+            path = get_testdata_file(name, download=False)  # pydicom's own files, then pydicom-data's
+            if path is not None:
+                samples.append((kind, f"pydicom:{name}:{display}", _dicom_grey(Path(path), display)))
     try:
         import nibabel
     except ImportError:
