@@ -17,7 +17,7 @@ from PIL import Image
 
 from brainmri.config import MergeConfig, SourceConfig
 from brainmri.core.imaging import pixel_sha256
-from brainmri.dataset.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, make_image_id, merge_sources
+from brainmri.dataset.merge import MANIFEST_COLUMNS, REJECT_COLUMNS, MergeError, make_image_id, merge_sources
 from conftest import write_zip
 
 SOURCES = {
@@ -193,3 +193,43 @@ def test_image_ids_are_stable_and_inputs_are_checked(archives, tmp_path):
         merge_sources({"nope": archives["mats"]}, SOURCES, config(tmp_path / "m"))
     with pytest.raises(ValueError, match="several archives named"):
         merge_sources({"mats": archives["mats"] * 2}, SOURCES, config(tmp_path / "m"))
+
+
+def test_listed_members_are_left_out_as_rejects_with_their_reason(archives, tmp_path):
+    listed = {"folders.zip/notumor/b.jpg": "head CT, not MRI", "mats.zip/2.mat": "duplicate record"}
+    sources = {
+        name: SourceConfig(
+            **{**source.model_dump(), "exclude": {k: v for k, v in listed.items() if k.startswith(name)}}
+        )
+        for name, source in SOURCES.items()
+    }
+    out_dir = tmp_path / "merged"
+    report = merge_sources(archives, sources, config(out_dir), workers=1)
+
+    manifest = {row["original_path"] for row in read_csv(out_dir / "manifest.csv")}
+    rejects = {row["original_path"]: row["reason"] for row in read_csv(out_dir / "rejects.csv")}
+    assert not manifest & set(listed)
+    assert {path: rejects[path] for path in listed} == {path: f"excluded: {why}" for path, why in listed.items()}
+    assert report.images == 4 and report.rejected == 13 and report.reject_reasons["excluded"] == 2
+    assert report.sources["folders"].reject_reasons["excluded"] == 1 and report.sources["folders"].classes == {
+        "glioma": 2,
+        "tumor_unknown": 1,
+    }
+    assert not list((out_dir / "images" / "folders").glob(f"{make_image_id('folders', 'folders.zip/notumor/b.jpg')}*"))
+
+
+def test_a_listed_member_the_archive_lacks_stops_the_merge(archives, tmp_path):
+    typo = SourceConfig(**{**SOURCES["folders"].model_dump(), "exclude": {"folders.zip/notumor/B.jpg": "head CT"}})
+    with pytest.raises(
+        MergeError, match=r"sources\.folders\.exclude: folders\.zip/notumor/B\.jpg is not an image member"
+    ):
+        merge_sources(archives, {**SOURCES, "folders": typo}, config(tmp_path / "merged"), workers=1)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_exclusion_must_name_one_of_the_sources_files_and_give_a_reason():
+    base = SOURCES["folders"].model_dump()
+    with pytest.raises(ValueError, match="does not start with one of the source's files"):
+        SourceConfig(**{**base, "exclude": {"other.zip/notumor/b.jpg": "head CT"}})
+    with pytest.raises(ValueError, match="needs a reason"):
+        SourceConfig(**{**base, "exclude": {"folders.zip/notumor/b.jpg": " "}})

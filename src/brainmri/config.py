@@ -152,6 +152,10 @@ class SourceConfig(_Strict):
     number as a string) to one of ``CLASSES`` or ``EXTRA_LABELS``.
     ``synthetic`` names the demo generator archive that stands in for it.
     ``patients`` is a table of patient ids for sources whose files carry none.
+    ``exclude`` lists members to leave out, by the ``original_path`` the
+    manifest would give them (``<archive name>/<member>``), each with its
+    reason: images that are in a source but are not what it says (head CT
+    among its MRI). The merge stage reports them as rejects ``excluded: <reason>``.
     """
 
     format: str
@@ -162,6 +166,7 @@ class SourceConfig(_Strict):
     description: str = ""
     homepage: str | None = Field(None, description="where a person downloads the files by hand")
     patients: PatientTable | None = None
+    exclude: dict[str, str] = Field(default_factory=dict, description="original path -> why it is left out")
 
     @field_validator("format")
     @classmethod
@@ -198,6 +203,18 @@ class SourceConfig(_Strict):
         if not value:
             raise ValueError("a source needs at least one file")
         return value
+
+    @model_validator(mode="after")
+    def _excluded_from_its_archives(self) -> "SourceConfig":
+        names = {f.name for f in self.files}
+        for path, reason in self.exclude.items():
+            if path.split("/", 1)[0] not in names:
+                raise ValueError(
+                    f"exclude: {path!r} does not start with one of the source's files ({', '.join(sorted(names))})"
+                )
+            if not reason.strip():
+                raise ValueError(f"exclude: {path!r} needs a reason")
+        return self
 
     @model_validator(mode="after")
     def _member_of_an_archive(self) -> "SourceConfig":

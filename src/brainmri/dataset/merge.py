@@ -180,6 +180,7 @@ def _merge_into(
     for source in sorted(archives):
         for path in sorted(archives[source], key=lambda p: Path(p).name):
             _plan(Path(path), source, sources[source], cfg, counts[source], tasks, rejects)
+    tasks = _leave_out_excluded(tasks, sources, rejects)
 
     rows: list[dict[str, str]] = []
     workers = min(workers or os.cpu_count() or 1, max(1, len(tasks)))
@@ -206,6 +207,37 @@ def _merge_into(
     _write_csv(staging / "manifest.csv", MANIFEST_COLUMNS, rows)
     _write_csv(staging / "rejects.csv", REJECT_COLUMNS, [asdict(r) for r in rejects])
     return _report(counts, rows, rejects, 0.0)
+
+
+def _leave_out_excluded(
+    tasks: list[MemberTask], sources: dict[str, SourceConfig], rejects: list[Rejected]
+) -> list[MemberTask]:
+    """The tasks less the members their source's ``exclude`` lists, which become rejects ``excluded: <reason>``.
+
+    A listed member that no readable archive of the source holds is an error:
+    a typo or another release of the archive would otherwise leave the image in.
+    """
+    kept, listed = [], set()
+    for task in tasks:
+        reason = sources[task.source].exclude.get(task.original_path)
+        if reason is None:
+            kept.append(task)
+        else:
+            rejects.append(Rejected(task.source, task.original_path, f"excluded: {reason}"))
+            listed.add((task.source, task.original_path))
+    planned = {(task.source, task.original_path.split("/", 1)[0]) for task in tasks}
+    for source in sorted({task.source for task in tasks}):
+        missing = sorted(
+            path
+            for path in sources[source].exclude
+            if (source, path) not in listed and (source, path.split("/", 1)[0]) in planned
+        )
+        if missing:
+            raise MergeError(
+                f"sources.{source}.exclude: {missing[0]} is not an image member of its archive"
+                + (f" ({len(missing) - 1} more such)" if len(missing) > 1 else "")
+            )
+    return kept
 
 
 def _unstage(rows: list[dict[str, str]], staging: Path, out_dir: Path) -> None:
