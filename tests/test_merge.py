@@ -233,3 +233,17 @@ def test_an_exclusion_must_name_one_of_the_sources_files_and_give_a_reason():
         SourceConfig(**{**base, "exclude": {"other.zip/notumor/b.jpg": "head CT"}})
     with pytest.raises(ValueError, match="needs a reason"):
         SourceConfig(**{**base, "exclude": {"folders.zip/notumor/b.jpg": " "}})
+
+
+def test_the_datasheet_says_how_many_files_each_source_excludes_and_why():
+    from brainmri.dataset.datasheet import _excluded_lines
+
+    listed = SourceConfig(
+        **{
+            **SOURCES["folders"].model_dump(),
+            "exclude": {"folders.zip/a.jpg": "head CT", "folders.zip/b.jpg": "head CT"},
+        }
+    )
+    assert _excluded_lines(SOURCES) == []
+    (line, blank) = _excluded_lines({**SOURCES, "folders": listed})
+    assert line.endswith(": folders 2 (head CT).") and "rejects.csv" in line and blank == ""

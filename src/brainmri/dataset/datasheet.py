@@ -76,6 +76,22 @@ def linker_line(calibration_path: Path, threshold: float | None) -> str:
     )
 
 
+def _excluded_lines(sources: dict) -> list[str]:
+    """A paragraph on the files the sources list under ``exclude`` (none: no paragraph)."""
+    listed = {name: source.exclude for name, source in sources.items() if source.exclude}
+    if not listed:
+        return []
+    parts = [
+        f"{name} {len(exclude)} ({'; '.join(sorted(set(exclude.values())))})"
+        for name, exclude in sorted(listed.items())
+    ]
+    return [
+        "Left out at merge, listed in params (`sources.<name>.exclude`; `build/merged/rejects.csv` names each file, "
+        f"reason `excluded: ...`): {', '.join(parts)}.",
+        "",
+    ]
+
+
 def write_datasheet(
     cfg: Config,
     dedup_manifest: pd.DataFrame,
@@ -115,6 +131,7 @@ def write_datasheet(
         "",
         _table(before),
         "",
+        *_excluded_lines(sources),
         "## After dedup, in the split (kept images with one of the four classes)",
         "",
         _table(after),
