@@ -22,8 +22,9 @@ them, and all score them on test.
 With ``--holdout SOURCE`` the split is the pipeline's leave-one-source-out split instead
 (``brainmri.dataset.split.split_column``: every group touching SOURCE is the test set), and the test numbers are
 the held-out source's. Results are keyed ``<config>``, ``<config>@holdout=<source>`` and/or ``@seed=<n>``
-(``--seed``); a rerun of one key keeps the others. The test split is only scored, never used to choose: choose on
-TCGA and held-out sources.
+(``--seed``); a rerun of one key keeps the others. Each result records the CPU it trained on and the split
+file's hash (``data_version``, as the pipeline names it), so rows of different splits are told apart. The test
+split is only scored, never used to choose: choose on TCGA and held-out sources.
 """
 
 from __future__ import annotations
@@ -366,6 +367,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from brainmri.pipeline import data_version
     from brainmri.training.train import train_model
 
     cfg = load_config(args.root / "params.yaml")
@@ -404,6 +406,7 @@ def main() -> None:
             **score(work / "model.pt", table, external),
             "train_minutes": minutes,
             "cpu": previous.get("cpu") if args.score_only else trained_on(),
+            "data_version": data_version(args.root / args.split),
         }
         print(key, json.dumps(document["results"][key]), flush=True)
         if args.out:
