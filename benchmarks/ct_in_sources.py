@@ -28,6 +28,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 from tqdm import tqdm
 
+from brainmri.core.preprocess import head_mask
+
 RIM_DEPTH = 0.15
 """Outer band of the head: pixels whose distance to the head's edge is below this share of the largest distance."""
 
@@ -35,21 +37,11 @@ SIZE = 256
 TILE, COLUMNS, ROWS = 160, 8, 4
 
 
-def head_mask(pixels: np.ndarray) -> np.ndarray:
-    """The largest bright component (above a tenth of the maximum), holes filled: the head and what it encloses."""
-    foreground = pixels > max(10.0, 0.1 * float(pixels.max()))
-    labels, count = ndimage.label(foreground)
-    if count == 0:
-        return foreground
-    largest = np.bincount(labels.ravel())[1:].argmax() + 1
-    return ndimage.binary_fill_holes(labels == largest)
-
-
 def rim_saturation(grey: np.ndarray) -> float:
     """Share of the head's outer band at the head's top grey level (within one level), at 256x256."""
-    pixels = np.asarray(Image.fromarray(np.asarray(grey, dtype=np.uint8)).resize((SIZE, SIZE)), dtype=np.float64)
-    head = head_mask(pixels)
-    if not head.any():
+    resized = np.asarray(Image.fromarray(np.asarray(grey, dtype=np.uint8)).resize((SIZE, SIZE)))
+    pixels, head = resized.astype(np.float64), head_mask(resized)
+    if head is None or not head.any():
         return 0.0
     depth = ndimage.distance_transform_edt(head)
     band = head & (depth < RIM_DEPTH * depth.max())

@@ -270,7 +270,10 @@ def counterfactual(model_path: Path, table: pd.DataFrame) -> dict:
 
 
 def score(model_path: Path, table: pd.DataFrame, external: External | None) -> dict:
+    """The model's numbers on the test split (accuracy with a 95% bootstrap interval over dedup/patient groups,
+    whose slices are not independent), the healed slices and TCGA."""
     from brainmri.core.imaging import read_grey_png
+    from brainmri.evaluation.metrics import bootstrap_intervals
 
     no_tumour = CLASSES.index("no_tumor")
     everything = table[table["split"] == "test"]
@@ -281,9 +284,14 @@ def score(model_path: Path, table: pd.DataFrame, external: External | None) -> d
     predicted = proba.argmax(axis=1)
     present = sorted(set(truth.tolist()))
     tumour, called = truth != no_tumour, predicted != no_tumour
+    correct = predicted == truth
+    interval = bootstrap_intervals(
+        {"accuracy": lambda rows: float(correct[rows].mean())}, len(test), 1000, 0, groups=test["group"].to_numpy()
+    )["accuracy_ci95"]
     result = {
         "test_images": int(len(test)),
         "test_accuracy": round(float(accuracy_score(truth, predicted)), 4),
+        "test_accuracy_ci95": [round(value, 4) for value in interval],
         "test_macro_f1": round(float(f1_score(truth, predicted, labels=present, average="macro")), 4),
         "test_accuracy_by_source": {
             source: round(float((predicted[rows] == truth[rows]).mean()), 4)
