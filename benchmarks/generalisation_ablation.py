@@ -273,7 +273,7 @@ def score(model_path: Path, table: pd.DataFrame, external: External | None) -> d
     """The model's numbers on the test split (accuracy with a 95% bootstrap interval over dedup/patient groups,
     whose slices are not independent), the healed slices and TCGA."""
     from brainmri.core.imaging import read_grey_png
-    from brainmri.evaluation.metrics import bootstrap_intervals
+    from brainmri.evaluation.metrics import bootstrap_ci
 
     no_tumour = CLASSES.index("no_tumor")
     everything = table[table["split"] == "test"]
@@ -284,10 +284,9 @@ def score(model_path: Path, table: pd.DataFrame, external: External | None) -> d
     predicted = proba.argmax(axis=1)
     present = sorted(set(truth.tolist()))
     tumour, called = truth != no_tumour, predicted != no_tumour
-    correct = predicted == truth
-    interval = bootstrap_intervals(
-        {"accuracy": lambda rows: float(correct[rows].mean())}, len(test), 1000, 0, groups=test["group"].to_numpy()
-    )["accuracy_ci95"]
+    interval = bootstrap_ci(truth, predicted, len(CLASSES), 1000, 0, labels=present, groups=test["group"].to_numpy())[
+        "accuracy_ci95"
+    ]
     result = {
         "test_images": int(len(test)),
         "test_accuracy": round(float(accuracy_score(truth, predicted)), 4),
