@@ -15,6 +15,11 @@ Run after the evaluate stage on real data (``build/model/model.pt``, ``build/spl
 
 Each ``--exposures`` adds one refitted check (a column). A re-exposure used to fit is no test of itself: the
 "test split, dark50" row says only that the check accepts what it was fitted on; the external set is the test.
+
+``--stretched`` adds a check that removes exposure instead of teaching it: every image, the ones it is fitted on
+and the ones it scores, is first percentile-stretched (``brainmri.core.preprocess.percentile_stretch``: the head's
+1st-99th percentile to 0-255, as ``train.input.intensity: percentile`` does), and only the check sees that copy;
+the class still comes from the image as it is, so the model is unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainmri.config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX, load_config
+from brainmri.config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX, InputConfig, load_config
 from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import normalise_input
 from brainmri.evaluation.evaluate import load_resized
@@ -46,9 +51,17 @@ EXPOSURES = {
 }
 """Re-exposures of an 8-bit grey image (float in, rounded back to uint8 by ``exposed``)."""
 
+STRETCH = InputConfig(intensity="percentile")
+STRETCHED = "every image percentile-stretched, for the check only"
+
 
 def exposed(images: list[np.ndarray], change) -> list[np.ndarray]:
     return [np.rint(change(image.astype(np.float64))).astype(np.uint8) for image in images]
+
+
+def stretched(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Each image with its head's 1st-99th percentile mapped to 0-255 (an image without a head is left as it is)."""
+    return [normalise_input(image, STRETCH) for image in images]
 
 
 def stacked(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -79,6 +92,9 @@ def main() -> None:
         action="append",
         choices=list(EXPOSURES),
         help="one refitted check per use of this option, on these re-exposures (default: one, on all of them)",
+    )
+    parser.add_argument(
+        "--stretched", action="store_true", help="also a check fitted and scored on percentile-stretched copies"
     )
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
@@ -121,23 +137,31 @@ def main() -> None:
             train_all, labels_all, plain["val"], cfg.evaluate.ood_quantile, digest
         )
 
-    groups: dict[str, list[np.ndarray]] = {"brain MRI: test split": plain["test"]}
+    group_images: dict[str, list[np.ndarray]] = {"brain MRI: test split": split_images["test"]}
     if args.sets:
         images, blank = external_images(args.sets, meta.preprocess)
-        groups[f"brain MRI: {', '.join(p.stem for p in args.sets)} ({blank} blank left out)"] = features(images)
-        groups["brain MRI: test split, dark50"] = features(exposed(split_images["test"], EXPOSURES["dark50"]))
+        group_images[f"brain MRI: {', '.join(p.stem for p in args.sets)} ({blank} blank left out)"] = images
+        group_images["brain MRI: test split, dark50"] = exposed(split_images["test"], EXPOSURES["dark50"])
     non_mri = [(f"plainly non-MRI: {kind}", n, i) for kind, n, i in non_mri_images(cfg.seed)]
     probes = non_mri + near_mri_images(cfg.seed) + packaged_medical_images()
-    kinds = np.array([kind for kind, _, _ in probes])
-    probe_features = features([normalise_input(image, meta.preprocess) for _, _, image in probes])
-    for kind in dict.fromkeys(kinds):
-        groups[kind] = [block[kinds == kind] for block in probe_features]
+    for kind in dict.fromkeys(kind for kind, _, _ in probes):
+        group_images[kind] = [normalise_input(image, meta.preprocess) for k, _, image in probes if k == kind]
+    groups = {name: features(images) for name, images in group_images.items()}
+
+    stretched_check, stretched_groups = None, {}
+    if args.stretched:
+        train_s, val_s = (features(stretched(split_images[split])) for split in ("train", "val"))
+        stretched_check = fit_ood(train_s, labels, val_s, cfg.evaluate.ood_quantile, digest)
+        stretched_groups = {name: features(stretched(images)) for name, images in group_images.items()}
 
     rows = []
     for name, blocks in groups.items():
         row = {"inputs": name, "n": len(blocks[0])}
         for label, check in checks.items():
             row[label] = round(float(check.rejects(check.score(blocks)).mean()), 4)
+        if stretched_check is not None:
+            scores = stretched_check.score(stretched_groups[name])
+            row[STRETCHED] = round(float(stretched_check.rejects(scores).mean()), 4)
         rows.append(row)
     result = pd.DataFrame(rows)
     print("refused (share of each kind):")
