@@ -17,9 +17,9 @@ Each ``--exposures`` adds one refitted check (a column). A re-exposure used to f
 "test split, dark50" row says only that the check accepts what it was fitted on; the external set is the test.
 
 ``--stretched`` adds a check that removes exposure instead of teaching it: every image, the ones it is fitted on
-and the ones it scores, is first percentile-stretched (``brainmri.core.preprocess.percentile_stretch``: the head's
-1st-99th percentile to 0-255, as ``train.input.intensity: percentile`` does), and only the check sees that copy;
-the class still comes from the image as it is, so the model is unchanged.
+and the ones it scores, is seen as ``brainmri.model.ood.view_images`` shows it to the ``stretched`` view (resized,
+then the head's 1st-99th percentile to 0-255), and only the check sees that copy; the class still comes from the
+image as it is, so the model is unchanged: the check ``evaluate.ood_view: stretched`` fits.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainmri.config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX, InputConfig, load_config
+from brainmri.config import UNKNOWN_TUMOUR, UNKNOWN_TUMOUR_INDEX, load_config
 from brainmri.core.hashing import file_digest
 from brainmri.core.preprocess import normalise_input
 from brainmri.evaluation.evaluate import load_resized
 from brainmri.model.checkpoint import load_checkpoint
 from brainmri.model.inference import logits_and_features
-from brainmri.model.ood import fit_ood
+from brainmri.model.ood import fit_ood, view_images
 from brainmri.synthetic.near_ood import near_mri_images, packaged_medical_images
 from brainmri.synthetic.non_mri import non_mri_images
 from ood_near import decoded_images
@@ -51,17 +51,11 @@ EXPOSURES = {
 }
 """Re-exposures of an 8-bit grey image (float in, rounded back to uint8 by ``exposed``)."""
 
-STRETCH = InputConfig(intensity="percentile")
 STRETCHED = "every image percentile-stretched, for the check only"
 
 
 def exposed(images: list[np.ndarray], change) -> list[np.ndarray]:
     return [np.rint(change(image.astype(np.float64))).astype(np.uint8) for image in images]
-
-
-def stretched(images: list[np.ndarray]) -> list[np.ndarray]:
-    """Each image with its head's 1st-99th percentile mapped to 0-255 (an image without a head is left as it is)."""
-    return [normalise_input(image, STRETCH) for image in images]
 
 
 def stacked(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -150,9 +144,19 @@ def main() -> None:
 
     stretched_check, stretched_groups = None, {}
     if args.stretched:
-        train_s, val_s = (features(stretched(split_images[split])) for split in ("train", "val"))
-        stretched_check = fit_ood(train_s, labels, val_s, cfg.evaluate.ood_quantile, digest)
-        stretched_groups = {name: features(stretched(images)) for name, images in group_images.items()}
+
+        def seen(images: list[np.ndarray]) -> list[np.ndarray]:
+            return features(view_images(images, "stretched", meta.image_size))
+
+        stretched_check = fit_ood(
+            seen(split_images["train"]),
+            labels,
+            seen(split_images["val"]),
+            cfg.evaluate.ood_quantile,
+            digest,
+            "stretched",
+        )
+        stretched_groups = {name: seen(images) for name, images in group_images.items()}
 
     rows = []
     for name, blocks in groups.items():

@@ -34,7 +34,7 @@ from brainmri.core.imaging import BadImage, decode_image
 from brainmri.core.inputs import INPUT_LIMITS, iter_inputs
 from brainmri.core.preprocess import normalise_input
 from brainmri.model.checkpoint import load_checkpoint
-from brainmri.model.inference import logits_and_features
+from brainmri.model.inference import check_features
 from brainmri.model.ood import OODCheck
 from brainmri.synthetic.near_ood import ACCEPTED_KINDS, near_mri_images, packaged_medical_images
 from brainmri.synthetic.non_mri import non_mri_images
@@ -49,8 +49,8 @@ def near_scores(build: Path, seed: int) -> tuple[OODCheck, list[str], np.ndarray
     samples = (
         near_mri_images(seed) + packaged_medical_images() + [(f"non_mri_{k}", n, i) for k, n, i in non_mri_images(seed)]
     )
-    _, features = logits_and_features(
-        model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size
+    features = check_features(
+        model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size, check.view
     )
     return check, [kind for kind, _, _ in samples], check.score(features)
 

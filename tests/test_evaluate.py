@@ -13,7 +13,9 @@ import torch
 
 from brainmri.config import EvaluateConfig
 from brainmri.core.hashing import file_digest
-from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, present_macro_f1
+from brainmri.evaluation.evaluate import evaluate_model, gradcam_sample, load_resized, present_macro_f1
+from brainmri.model.checkpoint import load_checkpoint
+from brainmri.model.inference import check_features
 from brainmri.model.ood import OODCheck
 from brainmri.model.temperature import Temperature
 from conftest import CLASSES, blob_image, untrained_checkpoint, write_grey_png
@@ -125,7 +127,7 @@ def test_evaluate_runs_the_tumour_removal_test_on_every_test_tumour_slice(evalua
 
 
 def test_evaluate_fits_and_saves_the_ood_check_for_its_checkpoint(evaluated):
-    root, _, checkpoint, _ = evaluated
+    root, table, checkpoint, _ = evaluated
     ood = json.loads((root / "metrics" / "metrics.json").read_text())["ood"]
     assert (
         ood["quantile"] == 0.9 and ood["test"]["n"] == 12 and set(ood["test"]["per_source"]) == {"source_a", "source_b"}
@@ -136,6 +138,14 @@ def test_evaluate_fits_and_saves_the_ood_check_for_its_checkpoint(evaluated):
     assert sum(k["n"] for k in near.values()) == ood["near_distribution"]["n"] == 13
     check = OODCheck.load(root / "evaluate" / "ood.npz")
     assert check.checkpoint_sha256 == file_digest(checkpoint) and check.quantile == 0.9
+    assert check.view == "stretched"  # the default evaluate.ood_view
+    # the scores written for the test images are the check's own, on the images as its view shows them
+    model, meta = load_checkpoint(checkpoint)
+    predictions = pd.read_csv(root / "evaluate" / "predictions.csv")
+    test = predictions[predictions["split"] == "test"].merge(table[["image_id", "path"]], on="image_id")
+    images = load_resized(test["path"], meta.image_size, meta.preprocess)
+    scores = check.score(check_features(model, images, meta.image_size, check.view))
+    assert np.allclose(scores, test["ood_score"], atol=1e-4)
 
 
 def test_evaluate_reports_calibrated_probabilities_with_the_temperature_fitted_on_val(evaluated):

@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainmri.model.ood import LayerGaussian, OODCheck, OODMismatch, detection_summary, fit_ood, load_ood_check
+from brainmri.model.ood import (
+    LayerGaussian,
+    OODCheck,
+    OODMismatch,
+    detection_summary,
+    fit_ood,
+    load_ood_check,
+    view_images,
+)
 from brainmri.synthetic.non_mri import non_mri_images
 
 
@@ -80,6 +88,33 @@ def test_saved_check_loads_identically_and_bytes_are_reproducible(tmp_path):
     loaded = OODCheck.load(tmp_path / "b.npz")
     assert loaded.checkpoint_sha256 == "f" * 64 and loaded.threshold == check.threshold and loaded.quantile == 0.99
     assert len(loaded.layers) == 2 and np.array_equal(loaded.score(blocks), check.score(blocks))
+
+
+def test_the_view_is_saved_and_a_file_from_before_views_reads_as_is(tmp_path):
+    rng = np.random.default_rng(3)
+    train, labels = clusters(rng, 90)
+    fit_ood([train], labels, [train], 0.99, "f" * 64, view="stretched").save(tmp_path / "stretched.npz")
+    assert OODCheck.load(tmp_path / "stretched.npz").view == "stretched"
+    with np.load(tmp_path / "stretched.npz") as data:
+        older = {key: data[key] for key in data.files if key != "view"}
+    np.savez_compressed(tmp_path / "older.npz", **older)
+    assert OODCheck.load(tmp_path / "older.npz").view == "as_is"
+
+
+def test_the_stretched_view_resizes_then_maps_the_heads_percentiles_to_the_full_range():
+    yy, xx = np.mgrid[:200, :200]
+    head = (yy - 100) ** 2 + (xx - 100) ** 2 < 70**2
+    rng = np.random.default_rng(0)
+    dark = np.where(head, rng.integers(20, 60, (200, 200)), 2).astype(np.uint8)  # an under-exposed slice
+    flat = np.full((50, 50), 7, np.uint8)  # no head to find: left as it is
+    as_is = view_images([dark, flat], "as_is", 64)
+    assert as_is[0] is dark and as_is[1] is flat
+    stretched, unchanged = view_images([dark, flat], "stretched", 64)
+    assert stretched.shape == (64, 64) and stretched.dtype == np.uint8
+    assert stretched.max() == 255 and dark.max() < 60  # the head's 99th percentile and above reach white
+    assert np.array_equal(unchanged, np.full((64, 64), 7, np.uint8))
+    with pytest.raises(ValueError, match="unknown out-of-distribution view 'sideways'"):
+        view_images([dark], "sideways", 64)
 
 
 def test_a_check_with_unpaired_scales_is_refused_with_its_path(tmp_path):

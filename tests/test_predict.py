@@ -17,7 +17,7 @@ from brainmri.core.hashing import file_digest
 from brainmri.core.imaging import decode_image
 from brainmri.core.inputs import INPUT_LIMITS
 from brainmri.model.checkpoint import load_checkpoint
-from brainmri.model.inference import logits_and_features
+from brainmri.model.inference import check_features, logits_and_features
 from brainmri.model.ood import NOT_MRI, LayerGaussian, OODCheck
 from brainmri.model.temperature import Temperature, softmax
 from brainmri.serving.predict import predict_paths
@@ -130,6 +130,39 @@ def test_out_of_distribution_images_get_no_class(tmp_path, checkpoint):
     assert noise_row["predicted"] == NOT_MRI and float(noise_row["ood_score"]) > 1e-3
     assert noise_row["p_glioma"] == "" and noise_row["gradcam"] == ""
     assert Path(grey_row["gradcam"]).is_file() and len(list((tmp_path / "cams").iterdir())) == 1
+
+
+def test_a_stretched_check_accepts_a_darker_copy_that_an_as_is_check_refuses(tmp_path, checkpoint):
+    """Exposure is not what makes an image a brain MRI: a check of the ``stretched`` view centred on a slice scores
+    the same slice at a third of its brightness as nearly the same; one of the ``as_is`` view does not."""
+    model, meta = load_checkpoint(checkpoint)
+    bright = slice_like(3)
+    dark = (bright // 3).astype(np.uint8)
+    paths = []
+    for name, pixels in (("bright", bright), ("dark", dark)):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    dark_score = {}
+    for view in ("as_is", "stretched"):
+        centre = check_features(model, [bright], meta.image_size, view)
+        blocks = tuple(LayerGaussian(f, np.eye(f.shape[1])) for f in centre)
+        check = OODCheck(blocks, np.zeros(len(blocks)), np.ones(len(blocks)), 0.0, 0.99, file_digest(checkpoint), view)
+        dark_score[view] = float(check.score(check_features(model, [dark], meta.image_size, view))[0])
+        check.save(tmp_path / f"{view}.npz")
+    assert dark_score["stretched"] < 0.1 * dark_score["as_is"]
+
+    threshold = (dark_score["stretched"] + dark_score["as_is"]) / 2  # between the two: the plumbing decides
+    verdicts = {}
+    for view in ("as_is", "stretched"):
+        check = OODCheck.load(tmp_path / f"{view}.npz")
+        OODCheck(check.layers, check.loc, check.scale, threshold, 0.99, check.checkpoint_sha256, check.view).save(
+            tmp_path / f"{view}.npz"
+        )
+        predict_paths(paths, checkpoint, tmp_path / f"{view}.csv", ood=tmp_path / f"{view}.npz")
+        table = pd.read_csv(tmp_path / f"{view}.csv", keep_default_na=False)
+        verdicts[view] = [row != NOT_MRI for row in table["predicted"]]
+        assert float(table["ood_score"].iloc[1]) == pytest.approx(dark_score[view], abs=1e-3)
+    assert verdicts == {"as_is": [True, False], "stretched": [True, True]}
 
 
 def test_an_ood_check_of_an_older_format_is_refused_in_one_line(tmp_path, checkpoint):

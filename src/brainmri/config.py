@@ -532,6 +532,12 @@ class EvaluateConfig(_Strict):
     ood_quantile: float = Field(
         0.995, gt=0.5, le=1, description="out-of-distribution threshold: this quantile of the val images' scores"
     )
+    ood_view: Literal["as_is", "stretched"] = Field(
+        "stretched",
+        description="what the out-of-distribution check sees: stretched, each image resized and its head's "
+        "1st-99th percentile mapped to 0-255 (one more forward pass; exposure stops counting as not MRI); "
+        "as_is, the classifier's own input",
+    )
     temperature_scaling: bool = Field(
         True, description="fit a softmax temperature on val (by log-likelihood) and report calibrated probabilities"
     )

@@ -44,7 +44,7 @@ from ..model.explain import (
     summarise_localisation,
     tolerance_in_map,
 )
-from ..model.inference import logits_and_features
+from ..model.inference import check_features, logits_and_features
 from ..model.ood import NOT_MRI, OODCheck, detection_summary, fit_ood
 from ..model.temperature import Temperature, fit_temperature, negative_log_likelihood, softmax
 from ..synthetic.near_ood import near_mri_images
@@ -348,12 +348,19 @@ def evaluate_model(
         logits[split], features[split] = logits_and_features(model, images[split], meta.image_size)
     y = {split: members["label"].map(classes.index).to_numpy() for split, members in rows.items()}
     unknown = {split: unknown_type[unknown_type["split"] == split].reset_index(drop=True) for split in rows}
-    unknown_logits, unknown_features = {}, {}
+    unknown_images, unknown_logits, unknown_features = {}, {}, {}
     for split, members in unknown.items():
         if len(members):
+            unknown_images[split] = load_resized(members["path"], meta.image_size, meta.preprocess)
             unknown_logits[split], unknown_features[split] = logits_and_features(
-                model, load_resized(members["path"], meta.image_size, meta.preprocess), meta.image_size
+                model, unknown_images[split], meta.image_size
             )
+    # What the out-of-distribution check scores: the same pass (ood_view: as_is) or one over stretched copies.
+    seen = {s: check_features(model, images[s], meta.image_size, cfg.ood_view, features[s]) for s in rows}
+    unknown_seen = {
+        s: check_features(model, unknown_images[s], meta.image_size, cfg.ood_view, unknown_features[s])
+        for s in unknown_images
+    }
 
     temperature = fit_temperature(logits["val"], y["val"]) if cfg.temperature_scaling and len(y["val"]) else 1.0
     Temperature(temperature, file_digest(checkpoint_path)).save(cfg.temperature_file)
@@ -362,30 +369,31 @@ def evaluate_model(
     # Unknown-type tumours are training MRI: a Gaussian group of their own (left out, the check refused 17 of
     # Br35H's 60 test tumour pictures as not MRI on the real mirror).
     check = fit_ood(
-        _with_unknown_type(features["train"], unknown_features.get("train")),
+        _with_unknown_type(seen["train"], unknown_seen.get("train")),
         np.concatenate([y["train"], np.full(len(unknown["train"]), UNKNOWN_TUMOUR_INDEX)]),
-        _with_unknown_type(features["val"], unknown_features.get("val")),
+        _with_unknown_type(seen["val"], unknown_seen.get("val")),
         cfg.ood_quantile,
         file_digest(checkpoint_path),
+        cfg.ood_view,
     )
     check.save(cfg.ood_file)
     probes = {}
     for name, samples in (("non_mri", non_mri_images(seed)), ("near", near_mri_images(seed))):
-        _, probe_features = logits_and_features(
-            model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size
+        probe_features = check_features(
+            model, [normalise_input(image, meta.preprocess) for _, _, image in samples], meta.image_size, check.view
         )
         probes[name] = ([k for k, _, _ in samples], probe_features)
     ood, ood_scores = _ood(
-        check, {s: features[s] for s in ("val", "test")}, rows["test"], probes["non_mri"], probes["near"]
+        check, {s: seen[s] for s in ("val", "test")}, rows["test"], probes["non_mri"], probes["near"]
     )
 
     results, predictions = {}, []
     for split in ("val", "test"):
         results[split] = _split_metrics(rows[split], y[split], proba[split], classes, cfg, seed)
-        scored = [(rows[split], proba[split], check.score(features[split]))]
+        scored = [(rows[split], proba[split], check.score(seen[split]))]
         if split in unknown_logits:
             extra_proba = softmax(unknown_logits[split], temperature)
-            extra_scores = check.score(unknown_features[split])
+            extra_scores = check.score(unknown_seen[split])
             results[split]["unknown_type_tumours"] = unknown_type_detection(
                 unknown[split], extra_proba, classes, check.rejects(extra_scores)
             )

@@ -241,7 +241,7 @@ def evaluate_external_set(
     out_dir: Path,
 ) -> dict:
     """Evaluate one set; write ``out_dir/overlaps.csv`` and ``out_dir/predictions.csv``; return its metrics."""
-    from ..model.inference import logits_and_features
+    from ..model.inference import check_features, logits_and_features
     from ..model.temperature import softmax
 
     classes = list(meta.classes)
@@ -259,7 +259,11 @@ def evaluate_external_set(
         logits_and_features(model, views, meta.image_size) if images else (np.zeros((0, len(classes))), None)
     )
     proba = softmax(logits, temperature)
-    scores = check.score(features) if check is not None and images else None
+    scores = (
+        check.score(check_features(model, views, meta.image_size, check.view, features))
+        if check is not None and images
+        else None
+    )
     rejected = check.rejects(scores) if scores is not None else (np.zeros(0, dtype=bool) if check is not None else None)
     clean = ~np.isin(np.arange(len(rows)), pairs["row"])
     predictions = (

@@ -5,8 +5,9 @@ temperature fitted by the evaluate stage (``brainmri.model.temperature``) can be
 applied before the softmax. Besides the logits it returns the
 globally average-pooled output of every trunk block from the same forward
 pass: the out-of-distribution check (``brainmri.model.ood``) measures how far an
-image lies from the training images in those spaces, so it costs no second
-pass.
+image lies from the training images in those spaces, so with
+``evaluate.ood_view: as_is`` it costs no second pass; ``check_features`` makes
+the one pass a ``stretched`` check needs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from ..core.preprocess import to_model_input
+from .ood import view_images
 
 
 class ProbabilityModel(nn.Module):
@@ -71,3 +73,21 @@ def logits_and_features(
     if not chunks:
         return np.zeros((0, 0)), []
     return torch.cat(chunks).double().numpy(), [torch.cat(pooled).double().numpy() for pooled in captured]
+
+
+def check_features(
+    model: nn.Module,
+    images: Sequence[np.ndarray],
+    image_size: int,
+    view: str,
+    features: list[np.ndarray] | None = None,
+    batch_size: int = 64,
+) -> list[np.ndarray]:
+    """The per-block features an out-of-distribution check of ``view`` scores (``brainmri.model.ood``).
+
+    ``features``: the classifier's own pass over ``images``, reused as they are for ``as_is``; any other view
+    takes one more pass over the images as that view shows them.
+    """
+    if view == "as_is" and features is not None:
+        return features
+    return logits_and_features(model, view_images(images, view, image_size), image_size, batch_size)[1]

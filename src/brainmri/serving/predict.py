@@ -38,7 +38,7 @@ from ..core.inputs import INPUT_LIMITS, iter_inputs
 from ..core.preprocess import normalise_input
 from ..errors import UserError
 from ..model.checkpoint import load_checkpoint
-from ..model.inference import logits_and_features
+from ..model.inference import check_features, logits_and_features
 from ..model.ood import NOT_MRI, load_ood_check
 from ..model.temperature import Temperature, softmax
 
@@ -170,7 +170,11 @@ def _predict(
         images = [normalise_input(image, meta.preprocess) for image in decoded]  # the checkpoint's crop and intensity
         logits, features = logits_and_features(model, images, meta.image_size, batch_size)
         proba = softmax(logits, scale)
-        scores = check.score(features) if check else None
+        scores = (
+            check.score(check_features(model, images, meta.image_size, check.view, features, batch_size))
+            if check
+            else None
+        )
         rejected = check.rejects(scores) if check else np.zeros(len(names), dtype=bool)
         batch_rows = []
         for k, name in enumerate(names):
