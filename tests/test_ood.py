@@ -99,6 +99,10 @@ def test_the_view_is_saved_and_a_file_from_before_views_reads_as_is(tmp_path):
         older = {key: data[key] for key in data.files if key != "view"}
     np.savez_compressed(tmp_path / "older.npz", **older)
     assert OODCheck.load(tmp_path / "older.npz").view == "as_is"
+    np.savez_compressed(tmp_path / "sideways.npz", **older, view=np.str_("sideways"))
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(OODMismatch, match=r"sideways.npz: not an out-of-distribution check .*unknown view 'sideways'"):
+        load_ood_check(tmp_path / "sideways.npz", tmp_path / "model.pt")
 
 
 def test_the_stretched_view_resizes_then_maps_the_heads_percentiles_to_the_full_range():

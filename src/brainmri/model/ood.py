@@ -168,6 +168,9 @@ class OODCheck:
             loc = data["loc"]  # first: a file with pickled objects is refused here, before anything is missing
             if data["scale"].shape != loc.shape:
                 raise ValueError(f"{data['scale'].size} scales for {loc.size} feature blocks")
+            view = str(data["view"]) if "view" in data.files else "as_is"  # written before views existed
+            if view not in VIEWS:
+                raise ValueError(f"unknown view {view!r}")
             layers = tuple(LayerGaussian(data[f"means_{k}"], data[f"precision_{k}"]) for k in range(len(data["loc"])))
             return cls(
                 layers=layers,
@@ -176,7 +179,7 @@ class OODCheck:
                 threshold=float(data["threshold"]),
                 quantile=float(data["quantile"]),
                 checkpoint_sha256=str(data["checkpoint_sha256"]),
-                view=str(data["view"]) if "view" in data.files else "as_is",  # written before views existed
+                view=view,
             )
 
 
